@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The README's test command: set-up, then the whole test suite (unit, vectors, and the
+# network-namespace integration tests, which need root). Extra arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh || exit 1
+.venv/bin/python -m pytest "$@"
+rc=$?
+case $rc in
+  0) echo "tests: all passed" ;;
+  5) echo "tests: no tests were collected" >&2; rc=1 ;;
+  *) echo "tests: pytest exited with $rc" >&2 ;;
+esac
+exit $rc

@@ -1,0 +1,1 @@
+"""Everything that touches the OS: TUN, sockets, routes, the event loop."""
