@@ -1,0 +1,110 @@
+"""Configuration errors name the file, the key and the fix; secrets files must be private."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vpn import config
+from vpn.config import ConfigError
+
+K1 = "11" * 32 + "a1a2a3a4"
+K2 = "22" * 32 + "b1b2b3b4"
+
+BASE = f"""
+name = "lab0"
+mode = "manual"
+
+[tunnel]
+mtu = 1400
+addresses = ["10.99.0.1/30", "fd99::1/64"]
+routes = ["10.98.0.0/24"]
+
+[transport]
+protocol = "tcp"
+role = "connect"
+remote = "192.0.2.1"
+
+[manual]
+state_dir = "/tmp/x"
+[manual.outbound]
+spi = "0x1001"
+key = "{K1}"
+[manual.inbound]
+spi = 0x2002
+key = "{K2}"
+"""
+
+
+def write(tmp_path: Path, text: str, mode: int = 0o600, name: str = "c.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    os.chmod(p, mode)
+    return p
+
+
+def test_valid_manual_config(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, BASE))
+    assert cfg.name == "lab0" and cfg.tunnel.device == "lab0" and cfg.tunnel.mtu == 1400
+    assert cfg.transport.port == 4500 and cfg.transport.protocol == "tcp"
+    assert cfg.manual is not None
+    assert cfg.manual.outbound.spi == 0x1001 and cfg.manual.inbound.spi == 0x2002
+    assert cfg.manual.outbound.keymat == bytes.fromhex(K1)
+    assert cfg.manual.esn and cfg.manual.replay_window == 1024
+    assert [str(a) for a in cfg.tunnel.addresses] == ["10.99.0.1/30", "fd99::1/64"]
+    assert K1 not in repr(cfg) and "keymat=<36 bytes>" in repr(cfg.manual.outbound)
+
+
+def test_world_readable_inline_secret_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, BASE, mode=0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as e:
+        config.load(p)
+    assert str(p) in str(e.value)
+
+
+def test_separate_key_file(tmp_path: Path) -> None:
+    keys = f'[outbound]\nspi = 4097\nkey = "{K1}"\n[inbound]\nspi = 8194\nkey = "{K2}"\n'
+    kp = write(tmp_path, keys, mode=0o644, name="lab.keys")
+    text = BASE.split("[manual]")[0] + '[manual]\nkey_file = "lab.keys"\n'
+    cfg_path = write(tmp_path, text, mode=0o644)
+    with pytest.raises(ConfigError) as e:
+        config.load(cfg_path)
+    assert e.value.path == str(kp)
+    os.chmod(kp, 0o600)
+    cfg = config.load(cfg_path)  # the config itself holds no secret and may be 0644
+    assert cfg.manual is not None and cfg.manual.inbound.spi == 8194
+
+
+@pytest.mark.parametrize(
+    "old,new,key,words",
+    [
+        ("mtu = 1400", "mtu = 900", "[tunnel] mtu", "1280"),
+        ('protocol = "tcp"', 'protocol = "sctp"', "[transport] protocol", "tcp, udp"),
+        ('remote = "192.0.2.1"', "", "[transport] remote", "required"),
+        ("mtu = 1400", "mtu = 1400\ncolour = 1", "[tunnel] colour", "unknown key"),
+        ('spi = "0x1001"', 'spi = "0x10"', "[manual.outbound] spi", "reserved"),
+        (f'key = "{K2}"', f'key = "{K1[:-2]}"', "[manual.inbound] key", "35 bytes"),
+        (f'key = "{K2}"', f'key = "{K1[:-8]}c1c2c3c4"', "[manual.inbound] key", "different key"),
+        ("mtu = 1400", 'mtu = "big"', "[tunnel] mtu", "must be an integer"),
+        ('addresses = ["10.99.0.1/30", "fd99::1/64"]', 'addresses = ["10.99.0.300/30"]',
+         "[tunnel] addresses", "not an address"),
+        ('name = "lab0"', 'name = "a/b"', "name", "valid name"),
+    ],
+)
+def test_errors_name_key_and_fix(tmp_path: Path, old: str, new: str, key: str, words: str) -> None:
+    assert old in BASE
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, BASE.replace(old, new, 1)))
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "c.toml")), msg
+    assert e.value.key == key, msg
+    assert words in msg, msg
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "name = = 1"))
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml")

@@ -1,0 +1,320 @@
+"""TOML configuration -> validated, typed objects.
+
+One schema for the whole project: `mode = "manual"` (static keys, a lab and benchmark
+mode) or `mode = "ike"` (IKEv2). Every error names the file, the key and the fix, e.g.
+
+    client.toml: [tunnel] mtu = 900: must be between 1280 and 65000 (IPv6 needs 1280)
+
+Secrets (keys, PSKs) may live inline or in separate files; any file that holds a secret
+must not be readable by group or others (refused with the chmod to run), because a
+leaked manual key or PSK lets anyone decrypt or join the tunnel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MIN_MTU = 1280  # RFC 8200 §5: IPv6 inside the tunnel needs 1280
+MAX_MTU = 65000
+DEFAULT_MTU = 1400
+DEFAULT_PORT = 4500  # RFC 9329 §2 (TCP), RFC 3948 (UDP)
+DEFAULT_TLS_PORT = 443
+DEFAULT_REPLAY_WINDOW = 1024
+MAX_REPLAY_WINDOW = 65536
+NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")  # also a Linux interface name (IFNAMSIZ-1)
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person who edits the file."""
+
+    def __init__(self, path: Path | str, key: str, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        text = f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}"
+        if fix:
+            text += f" ({fix})"
+        super().__init__(text)
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used so unknown ones are errors."""
+
+    def __init__(self, path: Path, name: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.name = name
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"[{self.name}] {k}" if self.name else k
+
+    def error(self, k: str, problem: str, fix: str = "") -> ConfigError:
+        return ConfigError(self.path, self.key(k), problem, fix)
+
+    def get(self, k: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+        self.used.add(k)
+        if k not in self.data:
+            if required:
+                raise self.error(k, "is required", f"add `{k} = ...` to the [{self.name}] table"
+                                 if self.name else f"add `{k} = ...` at the top of the file")
+            return default  # type: ignore[return-value]
+        value = self.data[k]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(k, f"must be {_kind_name(kind)}, not {_kind_name(type(value))}")
+        return value
+
+    def choice(self, k: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.get(k, str, default, required=default is None)
+        if value not in choices:
+            raise self.error(k, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def int_range(self, k: str, lo: int, hi: int, default: int | None = None, why: str = "") -> int:
+        value = self.get(k, int, default, required=default is None)
+        if not lo <= value <= hi:
+            raise self.error(k, f"{value} is out of range", f"use {lo}..{hi}{'; ' + why if why else ''}")
+        return value
+
+    def str_list(self, k: str) -> list[str]:
+        value = self.get(k, list, [])
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(k, "must be a list of strings")
+        return list(value)
+
+    def sub(self, k: str, required: bool = False) -> _Section:
+        value = self.get(k, dict, {}, required=required)
+        return _Section(self.path, f"{self.name}.{k}" if self.name else k, value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used)) or "none"
+            raise self.error(unknown[0], "unknown key", f"known keys here: {known}")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(_kind_name(k) for k in kind)
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+def check_secret_file(path: Path) -> None:
+    """Refuse a secret-holding file that group or others can read."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(path, "", "holds secrets but is readable by group or others",
+                          f"run `chmod 600 {path}`")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except PermissionError:
+        raise ConfigError(path, "", "permission denied", "run as root or fix the file mode") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+
+
+def _parse(sec: _Section, k: str, text: str, parser: Callable[[str], T], what: str) -> T:
+    try:
+        return parser(text)
+    except ValueError:
+        raise sec.error(k, f"{text!r} is not {what}") from None
+
+
+def _hex_bytes(sec: _Section, k: str, sizes: tuple[int, ...]) -> bytes:
+    text = sec.get(k, str, required=True).replace(":", "").replace(" ", "")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise sec.error(k, "is not hexadecimal", "write the key as hex digits") from None
+    if len(raw) not in sizes:
+        allowed = " or ".join(str(s) for s in sizes)
+        raise sec.error(k, f"has {len(raw)} bytes", f"use {allowed} bytes: key + 4-byte salt, RFC 4106 §8.1")
+    return raw
+
+
+def _spi(sec: _Section, k: str) -> int:
+    value: int | str = sec.get(k, (int, str), required=True)  # type: ignore[arg-type]
+    if isinstance(value, str):
+        value = _parse(sec, k, value, lambda s: int(s, 0), "a number (e.g. 0x1000)")
+    if not 256 <= value <= 0xFFFFFFFF:
+        raise sec.error(k, f"{value:#x} is reserved or too large", "use 0x100..0xffffffff (RFC 4303 §2.1)")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------
+# The objects
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """The TUN device and what is routed into it."""
+
+    device: str
+    mtu: int
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How the outer packets travel: TCP (RFC 9329), TLS around it, UDP, or auto."""
+
+    protocol: str  # tcp | udp | tls | auto
+    role: str  # connect | listen
+    remote: str | None
+    port: int
+    local: str | None
+    local_port: int | None
+    fallback_after_s: float
+
+
+@dataclass(frozen=True, repr=False)
+class ManualSa:
+    """One direction of a manually keyed ESP SA."""
+
+    spi: int
+    keymat: bytes  # AES key followed by the 4-byte salt (RFC 4106 §8.1)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"ManualSa(spi={self.spi:#010x}, keymat=<{len(self.keymat)} bytes>)"
+
+
+@dataclass(frozen=True)
+class ManualConfig:
+    """Static keys: a lab and benchmark mode (RFC 4106 §2 wants automated keying)."""
+
+    outbound: ManualSa
+    inbound: ManualSa
+    esn: bool
+    replay_window: int
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration file."""
+
+    path: Path
+    name: str
+    mode: str
+    tunnel: TunnelConfig
+    transport: TransportConfig
+    manual: ManualConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate one configuration file; raises ConfigError."""
+    p = Path(path)
+    top = _Section(p, "", read_toml(p))
+    name = top.get("name", str, required=True)
+    if not NAME_RE.match(name):
+        raise top.error("name", f"{name!r} is not a valid name", "use 1-15 of a-z A-Z 0-9 _ . -")
+    mode = top.choice("mode", ("manual", "ike"))
+    tunnel = _tunnel(top.sub("tunnel", required=True), name)
+    transport = _transport(top.sub("transport", required=True), mode)
+    manual = None
+    if mode == "manual":
+        manual = _manual(top.sub("manual", required=True), p)
+        if transport.protocol not in ("tcp", "udp"):
+            raise top.error("transport.protocol", f"{transport.protocol!r} needs mode = \"ike\"",
+                            "manual mode supports tcp and udp")
+    else:
+        raise top.error("mode", "\"ike\" is not available in this version", "use mode = \"manual\"")
+    top.finish()
+    return Config(path=p, name=name, mode=mode, tunnel=tunnel, transport=transport, manual=manual)
+
+
+def _tunnel(sec: _Section, name: str) -> TunnelConfig:
+    device = sec.get("device", str, name)
+    if not NAME_RE.match(device):
+        raise sec.error("device", f"{device!r} is not a valid interface name", "use 1-15 of a-z 0-9 _ . -")
+    mtu = sec.int_range("mtu", MIN_MTU, MAX_MTU, DEFAULT_MTU, why="IPv6 inside needs >= 1280")
+    addresses = tuple(_parse(sec, "addresses", a, lambda s: ipaddress.ip_interface(s), "an address/prefix")
+                      for a in sec.str_list("addresses"))
+    routes = tuple(_parse(sec, "routes", r, lambda s: ipaddress.ip_network(s, strict=False), "a prefix")
+                   for r in sec.str_list("routes"))
+    sec.finish()
+    return TunnelConfig(device=device, mtu=mtu, addresses=addresses, routes=routes)
+
+
+def _transport(sec: _Section, mode: str) -> TransportConfig:
+    protocol = sec.choice("protocol", ("tcp", "udp", "tls", "auto"), "tcp")
+    role = sec.choice("role", ("connect", "listen"), "connect")
+    remote = sec.get("remote", str)
+    if role == "connect" and not remote:
+        raise sec.error("remote", "is required when role = \"connect\"", "set the server's address or name")
+    default_port = DEFAULT_TLS_PORT if protocol == "tls" else DEFAULT_PORT
+    port = sec.int_range("port", 1, 65535, default_port)
+    local = sec.get("local", str)
+    for k, v in (("remote", remote), ("local", local)):
+        if v is not None and not v:
+            raise sec.error(k, "is empty")
+    local_port = sec.get("local_port", int)
+    if local_port is not None and not 0 <= local_port <= 65535:
+        raise sec.error("local_port", f"{local_port} is out of range", "use 0..65535")
+    fallback = sec.get("fallback_after", float, 4.0)
+    if not 0.5 <= fallback <= 120:
+        raise sec.error("fallback_after", f"{fallback} s is out of range", "use 0.5..120 seconds")
+    sec.finish()
+    return TransportConfig(protocol=protocol, role=role, remote=remote, port=port, local=local,
+                           local_port=local_port, fallback_after_s=fallback)
+
+
+def _manual(sec: _Section, cfg_path: Path) -> ManualConfig:
+    key_file = sec.get("key_file", str)
+    if key_file is not None:
+        kpath = (cfg_path.parent / key_file) if not os.path.isabs(key_file) else Path(key_file)
+        check_secret_file(kpath)
+        keys = _Section(kpath, "", read_toml(kpath))
+    else:
+        check_secret_file(cfg_path)  # inline keys: the config file itself holds secrets
+        keys = sec
+    sizes = (16 + 4, 32 + 4)
+    out_sec, in_sec = keys.sub("outbound", required=True), keys.sub("inbound", required=True)
+    outbound = ManualSa(spi=_spi(out_sec, "spi"), keymat=_hex_bytes(out_sec, "key", sizes))
+    inbound = ManualSa(spi=_spi(in_sec, "spi"), keymat=_hex_bytes(in_sec, "key", sizes))
+    out_sec.finish()
+    in_sec.finish()
+    if key_file is not None:
+        keys.finish()
+    if outbound.keymat[:-4] == inbound.keymat[:-4]:
+        raise in_sec.error("key", "is the same key as outbound",
+                         "use a different key per direction: one key in both directions reuses GCM nonces")
+    if outbound.spi == inbound.spi:
+        raise in_sec.error("spi", "equals outbound.spi", "use a different SPI per direction")
+    esn = sec.get("esn", bool, True)
+    window = sec.int_range("replay_window", 32, MAX_REPLAY_WINDOW, DEFAULT_REPLAY_WINDOW,
+                           why="RFC 4303 §3.4.3 requires at least 32")
+    state_dir = Path(sec.get("state_dir", str, "/var/lib/vpn"))
+    sec.finish()
+    return ManualConfig(outbound=outbound, inbound=inbound, esn=esn, replay_window=window,
+                        state_dir=state_dir)
