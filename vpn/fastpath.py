@@ -51,11 +51,11 @@ class OutQueue:
 
     def push(self, frame: bytes) -> bool:
         """Append one whole frame; False (nothing queued) when it does not fit."""
-        return lib.vpn_outq_push(self._q, frame, len(frame)) == 0
+        return bool(lib.vpn_outq_push(self._q, frame, len(frame)) == 0)
 
     def push_frame(self, prefix: bytes, body: bytes) -> bool:
         """Append prefix || body as one unit (e.g. length + marker, then an IKE message)."""
-        return lib.vpn_outq_push_frame(self._q, prefix, len(prefix), body, len(body)) == 0
+        return bool(lib.vpn_outq_push_frame(self._q, prefix, len(prefix), body, len(body)) == 0)
 
     def flush_fd(self, fd: int) -> int:
         """Send until empty or EAGAIN; returns bytes sent; raises OSError on a dead socket."""
