@@ -1,0 +1,205 @@
+"""`vpn` command line: up, down, status, genkey, demo.
+
+`vpn up CONFIG` starts a daemon (`python -m vpn.daemon`) in its own session, waits until
+it reports that the tunnel is up (or why it failed) through a pipe, and returns; the
+daemon stays. `vpn down` and `vpn status` talk to it through the control socket of this
+network namespace (vpn/io/control.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vpn import __version__, config
+from vpn.io import control
+
+RUN_DIR = Path("/run/vpn")
+UP_TIMEOUT_S = 60.0
+
+
+def _pick_name(name: str | None) -> str:
+    if name:
+        return name
+    names = control.running_instances()
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise control.ControlError("no instance is running in this network namespace")
+    raise control.ControlError(f"several instances run here ({', '.join(names)}): name one")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)  # validate before forking: errors go to the user
+    RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = RUN_DIR / f"{cfg.name}.log"
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "vpn.daemon", str(Path(args.config).resolve()), "--ready-fd", str(write_fd)]
+    if args.export_keys:
+        cmd += ["--export-keys", str(Path(args.export_keys).resolve())]
+    if args.new_key:
+        cmd.append("--new-key")
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o600)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                pass_fds=(write_fd,), start_new_session=True, close_fds=True)
+    os.close(write_fd)
+    status = _wait_ready(read_fd, proc, UP_TIMEOUT_S)
+    if status == "ok":
+        print(f"{cfg.name}: up (daemon pid {proc.pid}, log {log_path})")
+        return 0
+    if proc.poll() is None:
+        proc.terminate()
+    print(f"{cfg.name}: failed: {status} (log {log_path})", file=sys.stderr)
+    return 1
+
+
+def _wait_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    os.set_blocking(fd, False)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                data += chunk
+                if b"\n" in data:
+                    line = data.split(b"\n", 1)[0].decode(errors="replace")
+                    return "ok" if line == "ok" else line.removeprefix("error: ")
+            elif chunk == b"":
+                return f"the daemon exited (code {proc.wait(5)}) before the tunnel came up"
+            time.sleep(0.05)
+        return f"not up after {timeout:.0f} s"
+    finally:
+        os.close(fd)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    name = _pick_name(args.name)
+    reply = control.request(name, "down", timeout=30)
+    if not reply.get("ok"):
+        print(f"{name}: {reply.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    # the daemon exits after answering; wait for its socket to disappear
+    deadline = time.monotonic() + 15
+    while name in control.running_instances() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"{name}: down")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else control.running_instances()
+    if not names:
+        print("no instance is running in this network namespace", file=sys.stderr)
+        return 1
+    out = {}
+    for name in names:
+        out[name] = control.request(name, "status")
+    if args.json:
+        print(json.dumps(out if len(out) > 1 else out[names[0]], indent=2))
+    else:
+        for name, st in out.items():
+            print(format_status(name, st))
+    return 0
+
+
+def format_status(name: str, st: dict[str, object]) -> str:
+    """A human-readable rendering of a daemon's status reply."""
+    lines = [f"{name}: {st.get('state', '?')}"]
+    for key in ("mode", "transport", "local", "remote", "device", "mtu", "uptime_s"):
+        if key in st:
+            lines.append(f"  {key}: {st[key]}")
+    for sa in st.get("sas", []) or []:  # type: ignore[union-attr]
+        lines.append(f"  sa {sa}")
+    counters = st.get("counters")
+    if isinstance(counters, dict):
+        nonzero = {k: v for k, v in counters.items() if v}
+        lines.append("  counters: " + ", ".join(f"{k}={v}" for k, v in sorted(nonzero.items())))
+    return "\n".join(lines)
+
+
+def cmd_genkey(args: argparse.Namespace) -> int:
+    """Write a matched pair of manual key files (client and server), mode 0600."""
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    key_bytes = 32 + 4 if args.bits == 256 else 16 + 4
+    spi_a, spi_b = (secrets.randbits(31) | 0x1000 for _ in range(2))
+    k_a, k_b = secrets.token_hex(key_bytes), secrets.token_hex(key_bytes)
+    files = {
+        "client.keys": (spi_a, k_a, spi_b, k_b),
+        "server.keys": (spi_b, k_b, spi_a, k_a),
+    }
+    for fname, (o_spi, o_key, i_spi, i_key) in files.items():
+        path = out / fname
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"# manual ESP keys (lab mode), generated by vpn genkey\n"
+                     f"[outbound]\nspi = {o_spi:#010x}\nkey = \"{o_key}\"\n\n"
+                     f"[inbound]\nspi = {i_spi:#010x}\nkey = \"{i_key}\"\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vpn import demo
+
+    return demo.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpn", description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"vpn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="bring a tunnel up and leave a daemon running")
+    up.add_argument("config")
+    up.add_argument("--export-keys", metavar="FILE", help="write the SAs as Wireshark esp_sa lines")
+    up.add_argument("--new-key", action="store_true",
+                    help="manual mode: the keys were never used before (creates their sequence state)")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop an instance and undo everything it changed")
+    down.add_argument("name", nargs="?")
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="show tunnels, SAs and counters")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    gk = sub.add_parser("genkey", help="generate a pair of manual-mode key files")
+    gk.add_argument("--out-dir", default=".")
+    gk.add_argument("--bits", type=int, choices=(128, 256), default=256)
+    gk.set_defaults(func=cmd_genkey)
+
+    demo = sub.add_parser("demo", help="a self-contained tunnel in network namespaces")
+    demo.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
+    demo.add_argument("--seconds", type=float, default=3.0, help="length of the throughput test")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except config.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except control.ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
