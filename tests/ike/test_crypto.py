@@ -501,6 +501,17 @@ def test_sk_accepts_any_aligned_padding(encr: EncrId, bits: int, integ: IntegId)
     assert cipher.open(b"A" * 32, body) == plain
 
 
+def test_sk_gcm_accepts_every_padding_length() -> None:
+    """RFC 5282 §3: no alignment rule; the recipient MUST accept up to 255 octets."""
+    suite = (EncrId.AES_GCM_16, 256, IntegId.NONE)
+    cipher = make_cipher(*suite)
+    plain = b"\x2a\x00\x00\x08\x01\x02\x03\x04"
+    for pad in range(256):
+        padded = plain + bytes((i * 37 + 1) % 256 for i in range(pad)) + bytes((pad,))
+        body = _seal_raw(suite, b"A" * 32, padded, make_iv(cipher, pad))
+        assert cipher.open(b"A" * 32, body) == plain
+
+
 @pytest.mark.parametrize(("encr", "bits", "integ"), SK_SUITES, ids=SK_IDS)
 def test_sk_pad_length_beyond_plaintext_fails(encr: EncrId, bits: int, integ: IntegId) -> None:
     cipher = make_cipher(encr, bits, integ)

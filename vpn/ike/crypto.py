@@ -105,7 +105,7 @@ def encr_algorithm(encr_id: EncrId | int, key_bits: int) -> EncrAlgorithm:
     if key_bits not in AES_KEY_BITS:
         raise LocalProtocolError(f"unsupported AES key length {key_bits}")
     if encr_id == EncrId.AES_GCM_16:
-        # RFC 5282 §3: the AEAD does its own alignment; no padding needed.
+        # RFC 5282 §3: no alignment requirement on the Padding, so none is sent.
         return EncrAlgorithm(
             EncrId.AES_GCM_16, key_bits, GCM_IV_BYTES, GCM_SALT_BYTES, GCM_16_ICV_BYTES, 1
         )
@@ -151,8 +151,8 @@ def integ_algorithm(integ_id: IntegId | int) -> IntegAlgorithm | None:
 
 
 def _check_integ_pairing(encr: EncrAlgorithm, integ: IntegAlgorithm | None) -> None:
-    # RFC 5282 §8 / RFC 4106 §8: an AEAD is proposed without (or with NONE) integrity;
-    # a plain cipher needs one.
+    # RFC 5282 §8: with an AEAD no integrity algorithm is selected (IKE or ESP); a plain
+    # cipher needs one.
     if encr.aead and integ is not None:
         raise LocalProtocolError(f"{encr.id.name} takes no integrity transform")
     if not encr.aead and integ is None:
@@ -213,7 +213,7 @@ class SkCipher:
     `body_length(len(payloads))`, writes the IKE and SK lengths, then seals.
 
     - AES-GCM-16 (RFC 5282): nonce = salt | IV, AAD = `aad`, 16-byte tag. No padding
-      is sent (RFC 5282 §3); any Pad Length is accepted.
+      is sent; any Padding up to 255 bytes is accepted (RFC 5282 §3).
     - AES-CBC + HMAC (RFC 7296 §3.14): padding to the block size, ICV = truncated
       HMAC over `aad` | IV | ciphertext, checked before decrypting.
 
