@@ -32,6 +32,8 @@ from vpn.ike.prf import SUPPORTED_PRFS, Prf, get_prf
 
 __all__ = [
     "SUPPORTED_DH_GROUPS",
+    "SUPPORTED_ENCR",
+    "SUPPORTED_INTEG",
     "SUPPORTED_PRFS",
     "ChildSaKeys",
     "DhGroup",
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 AES_BLOCK_BYTES = 16
-AES_KEY_BITS = frozenset({128, 192, 256})  # RFC 3602 §5, RFC 5282 §7.1 / RFC 4106 §8.1
+AES_KEY_BITS = frozenset({128, 192, 256})  # RFC 3602 §5, RFC 5282 §7.3, RFC 4106 §8.1
 GCM_SALT_BYTES = 4  # RFC 5282 §7.1 (IKE), RFC 4106 §8.1 (ESP)
 GCM_IV_BYTES = 8  # RFC 5282 §3.1 / RFC 4106 §3.1: explicit IV
 GCM_16_ICV_BYTES = 16
@@ -102,6 +104,8 @@ SUPPORTED_ENCR: frozenset[EncrId] = frozenset({EncrId.AES_GCM_16, EncrId.AES_CBC
 
 def encr_algorithm(encr_id: EncrId | int, key_bits: int) -> EncrAlgorithm:
     """Resolve ENCR transform + Key Length attribute; LocalProtocolError if unsupported."""
+    if encr_id not in SUPPORTED_ENCR:
+        raise LocalProtocolError(f"unsupported encryption transform {encr_id}")
     if key_bits not in AES_KEY_BITS:
         raise LocalProtocolError(f"unsupported AES key length {key_bits}")
     if encr_id == EncrId.AES_GCM_16:
@@ -109,10 +113,8 @@ def encr_algorithm(encr_id: EncrId | int, key_bits: int) -> EncrAlgorithm:
         return EncrAlgorithm(
             EncrId.AES_GCM_16, key_bits, GCM_IV_BYTES, GCM_SALT_BYTES, GCM_16_ICV_BYTES, 1
         )
-    if encr_id == EncrId.AES_CBC:
-        # RFC 3602 §3: IV of one block; plaintext a multiple of the block.
-        return EncrAlgorithm(EncrId.AES_CBC, key_bits, AES_BLOCK_BYTES, 0, 0, AES_BLOCK_BYTES)
-    raise LocalProtocolError(f"unsupported encryption transform {encr_id}")
+    # RFC 3602 §3: IV of one block; plaintext a multiple of the block.
+    return EncrAlgorithm(EncrId.AES_CBC, key_bits, AES_BLOCK_BYTES, 0, 0, AES_BLOCK_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
