@@ -1121,8 +1121,8 @@ class UnknownPayload(Payload):
         return self.is_critical
 
     def _push(self, buf: Buffer) -> None:
-        if self.type in _PAYLOAD_CLASSES or self.type in (PayloadType.SK, PayloadType.SKF):
-            raise LocalProtocolError(f"payload type {self.type} has its own class")
+        if self.type in _PAYLOAD_CLASSES or self.type in _NOT_UNKNOWN:
+            raise LocalProtocolError(f"payload type {self.type} cannot be an UnknownPayload")
         buf.push_bytes(self.data)
 
 
@@ -1148,6 +1148,7 @@ _PAYLOAD_CLASSES: dict[int, type[Payload]] = {
         Eap,
     )
 }
+_NOT_UNKNOWN = (PayloadType.NONE, PayloadType.SK, PayloadType.SKF)
 _CRITICAL = 0x80  # RFC 7296 §3.2: the C bit, top bit of the second header octet
 
 
