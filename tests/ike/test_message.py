@@ -110,7 +110,7 @@ def ike(
 # RFC 7296 §3.3.1, §3.3.2, §3.3.5: one IKE proposal, AES-CBC-128 / SHA2-256 / ecp256.
 SA_BODY = h(
     """
-    00 00 00 2c   01 01 00 04                 # proposal: last, length 44, #1, IKE, SPI size 0, 4 transforms
+    00 00 00 2c   01 01 00 04                 # proposal (last), length 44, #1, IKE, no SPI, 4 T
     03 00 00 0c   01 00 00 0c   80 0e 00 80   # ENCR (more), AES_CBC, KEY_LENGTH (TV) = 128
     03 00 00 08   03 00 00 0c                 # INTEG (more), HMAC_SHA2_256_128
     03 00 00 08   02 00 00 05                 # PRF (more), HMAC_SHA2_256
@@ -157,10 +157,10 @@ def test_ike_sa_init_with_sa_payload_from_rfc_layout() -> None:
 def test_esp_proposal_with_spi_and_two_alternatives_per_type() -> None:
     body = h(
         """
-        02 00 00 20  01 03 04 02  ca fe ba be      # proposal 1 (more), length 32, ESP, SPI size 4, 2 transforms
+        02 00 00 20  01 03 04 02  ca fe ba be      # proposal (more), 32 bytes, #1, ESP, SPI, 2 T
         03 00 00 0c  01 00 00 14  80 0e 01 00      # ENCR AES_GCM_16, 256
         00 00 00 08  05 00 00 00                   # ESN (last): no ESN
-        00 00 00 28  02 03 04 03  ca fe ba be      # proposal 2 (last), length 40, ESP, 3 transforms
+        00 00 00 28  02 03 04 03  ca fe ba be      # proposal (last), 40 bytes, #2, ESP, SPI, 3 T
         03 00 00 0c  01 00 00 14  80 0e 00 80      # ENCR AES_GCM_16, 128
         03 00 00 08  05 00 00 01                   # ESN
         00 00 00 08  05 00 00 00                   # no ESN
@@ -256,7 +256,8 @@ def test_transform_keeps_unknown_tv_and_tlv_attributes() -> None:
             h(
                 """
                 02 000000
-                08 00 0028  0000 ffff  20010db8000000000000000000000000 20010db8ffffffffffffffffffffffff
+                08 00 0028  0000 ffff
+                20010db8000000000000000000000000 20010db8ffffffffffffffffffffffff
                 07 00 0010  0000 ffff  0a010203 0a010203
                 """
             ),

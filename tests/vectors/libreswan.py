@@ -22,9 +22,7 @@ from typing import Any
 
 import pytest
 
-LIBRESWAN_DIR = Path(
-    os.environ.get("VPN_LIBRESWAN_VECTORS", "/work/shared/vectors/libreswan-tcp")
-)
+LIBRESWAN_DIR = Path(os.environ.get("VPN_LIBRESWAN_VECTORS", "/work/shared/vectors/libreswan-tcp"))
 TCP_SESSIONS = ("tcp-dh19", "tcp-dh31")
 DIRECTIONS = ("i2r", "r2i")
 
