@@ -717,6 +717,12 @@ LOCAL_ERRORS = {
         SPI_I, SPI_R, 35, HeaderFlag.NONE, 0, (Encrypted(0, b""), VendorId(b""))
     ).encode(),
     "payload over 64 KiB": lambda: encode_payloads([VendorId(bytes(65532))]),
+    "message over 64 KiB": lambda: Message(
+        SPI_I, SPI_R, 37, HeaderFlag.NONE, 0, (VendorId(bytes(40000)), VendorId(bytes(40000)))
+    ).encode(),
+    "SK message over 64 KiB": lambda: Message(
+        SPI_I, SPI_R, 37, HeaderFlag.NONE, 0, (VendorId(bytes(40000)),)
+    ).sk_aad(0, 40000),
     "decode_body of SK": lambda: Encrypted.decode_body(b""),
 }
 

@@ -149,8 +149,34 @@ SK_HEADER_BYTES = GENERIC_PAYLOAD_HEADER_BYTES  # RFC 7296 §3.14: the SK header
 _MAJOR_VERSION = IKE_VERSION >> 4
 
 
+class _HeaderFlags:
+    """Views of the version and flags octets shared by `IkeHeader` and `Message`."""
+
+    __slots__ = ()
+    version: int
+    flags: HeaderFlag
+
+    @property
+    def major_version(self) -> int:
+        return self.version >> 4
+
+    @property
+    def is_response(self) -> bool:
+        """The R flag (RFC 7296 §3.1)."""
+        return bool(self.flags & HeaderFlag.RESPONSE)
+
+    @property
+    def is_request(self) -> bool:
+        return not self.is_response
+
+    @property
+    def is_initiator(self) -> bool:
+        """The I flag: sent by the original initiator of the IKE SA (RFC 7296 §3.1)."""
+        return bool(self.flags & HeaderFlag.INITIATOR)
+
+
 @dataclass(frozen=True, slots=True)
-class IkeHeader:
+class IkeHeader(_HeaderFlags):
     """The fixed 28-byte IKE header (RFC 7296 §3.1), as `peek_header` reads it.
 
     Enough to route a message (SPIs, exchange, flags, message ID) before the full decode,
@@ -165,19 +191,6 @@ class IkeHeader:
     flags: HeaderFlag
     message_id: int
     length: int
-
-    @property
-    def major_version(self) -> int:
-        return self.version >> 4
-
-    @property
-    def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
-
-    @property
-    def is_initiator(self) -> bool:
-        """The I flag: sent by the original initiator of the IKE SA (RFC 7296 §3.1)."""
-        return bool(self.flags & HeaderFlag.INITIATOR)
 
 
 class InvalidMajorVersion(MalformedMessage):
@@ -233,7 +246,7 @@ def peek_header(data: bytes) -> IkeHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(_HeaderFlags):
     """One IKE message: header fields and payloads, in wire order.
 
     `flags` combines `HeaderFlag.INITIATOR` (sender is the original initiator) and
@@ -255,19 +268,6 @@ class Message:
     @property
     def next_payload(self) -> PayloadType | int:
         return self.payloads[0].payload_type if self.payloads else PayloadType.NONE
-
-    @property
-    def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
-
-    @property
-    def is_request(self) -> bool:
-        return not self.is_response
-
-    @property
-    def is_initiator(self) -> bool:
-        """The I flag: sent by the original initiator of the IKE SA (RFC 7296 §3.1)."""
-        return bool(self.flags & HeaderFlag.INITIATOR)
 
     # ---- finders
 
@@ -339,6 +339,7 @@ class Message:
         buf.push_uint32(self.message_id)
         buf.push_uint32(0)  # Length, patched below
         push_payload_chain(buf, payloads)
+        _check_size(buf.tell())
         buf.patch_uint32(IKE_HEADER_BYTES - 4, buf.tell())
 
     # ---- the SK / SKF seam (see the module docstring)
@@ -397,15 +398,21 @@ class Message:
         if body_length < 0:
             raise LocalProtocolError("negative body length")
         data = bytearray(self._sealed(tail))
-        tail_start = len(data) - header_bytes
-        buf = Buffer()
-        buf.push_uint32(len(data) + body_length)
-        data[IKE_HEADER_BYTES - 4 : IKE_HEADER_BYTES] = buf.data()
+        total = len(data) + body_length
+        _check_size(total)
         payload_length = header_bytes + body_length
         if payload_length > 0xFFFF:
             raise LocalProtocolError(f"SK/SKF payload too long: {payload_length} bytes")
+        data[IKE_HEADER_BYTES - 4 : IKE_HEADER_BYTES] = total.to_bytes(4, "big")
+        tail_start = len(data) - header_bytes
         data[tail_start + 2 : tail_start + 4] = payload_length.to_bytes(2, "big")
         return bytes(data)
+
+
+def _check_size(length: int) -> None:
+    # Symmetric with decode: nothing longer could be carried or would be accepted.
+    if length > MAX_MESSAGE_BYTES:
+        raise LocalProtocolError(f"message of {length} bytes exceeds {MAX_MESSAGE_BYTES}")
 
 
 def _check_fragment(number: int, total: int) -> None:
