@@ -189,6 +189,19 @@ def _check_count(count: int, limit: int, what: str) -> None:
         raise MalformedMessage(f"too many {what}: more than {limit}")
 
 
+def _pull_coded(buf: Buffer, enum_cls: type[_E], reserved: int, what: str) -> _E | int:
+    """The common "1-byte code | RESERVED (n)" start of ID, CERT, CERTREQ and AUTH bodies."""
+    code = as_enum(enum_cls, buf.pull_uint8(what))
+    buf.pull_bytes(reserved, what)
+    return code
+
+
+def _push_coded(buf: Buffer, code: int, reserved: int, data: bytes) -> None:
+    buf.push_uint8(code)
+    buf.push_bytes(bytes(reserved))
+    buf.push_bytes(data)
+
+
 # --------------------------------------------------------------------------- base
 
 _P = TypeVar("_P", bound="Payload")
@@ -473,14 +486,11 @@ class _Identification(Payload):
 
     @classmethod
     def _pull(cls, buf: Buffer) -> Self:
-        id_type = as_enum(IdType, buf.pull_uint8("ID header"))
-        buf.pull_bytes(3, "ID header")
+        id_type = _pull_coded(buf, IdType, 3, "ID header")
         return cls(id_type, buf.pull_rest())
 
     def _push(self, buf: Buffer) -> None:
-        buf.push_uint8(self.id_type)
-        buf.push_bytes(b"\x00\x00\x00")
-        buf.push_bytes(self.data)
+        _push_coded(buf, self.id_type, 3, self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,11 +521,10 @@ class Certificate(Payload):
     @classmethod
     def _pull(cls, buf: Buffer) -> Certificate:
         # 0 Cert Encoding; 1 Certificate Data
-        return cls(as_enum(CertEncoding, buf.pull_uint8("CERT header")), buf.pull_rest())
+        return cls(_pull_coded(buf, CertEncoding, 0, "CERT header"), buf.pull_rest())
 
     def _push(self, buf: Buffer) -> None:
-        buf.push_uint8(self.encoding)
-        buf.push_bytes(self.data)
+        _push_coded(buf, self.encoding, 0, self.data)
 
 
 SHA1_BYTES = 20
@@ -551,11 +560,10 @@ class CertificateRequest(Payload):
     @classmethod
     def _pull(cls, buf: Buffer) -> CertificateRequest:
         # 0 Cert Encoding; 1 Certification Authority
-        return cls(as_enum(CertEncoding, buf.pull_uint8("CERTREQ header")), buf.pull_rest())
+        return cls(_pull_coded(buf, CertEncoding, 0, "CERTREQ header"), buf.pull_rest())
 
     def _push(self, buf: Buffer) -> None:
-        buf.push_uint8(self.encoding)
-        buf.push_bytes(self.data)
+        _push_coded(buf, self.encoding, 0, self.data)
 
 
 # --------------------------------------------------------------------------- AUTH
@@ -572,14 +580,11 @@ class Authentication(Payload):
     @classmethod
     def _pull(cls, buf: Buffer) -> Authentication:
         # 0 Auth Method | RESERVED (3); 4 Authentication Data
-        method = as_enum(AuthMethod, buf.pull_uint8("AUTH header"))
-        buf.pull_bytes(3, "AUTH header")
+        method = _pull_coded(buf, AuthMethod, 3, "AUTH header")
         return cls(method, buf.pull_rest())
 
     def _push(self, buf: Buffer) -> None:
-        buf.push_uint8(self.method)
-        buf.push_bytes(b"\x00\x00\x00")
-        buf.push_bytes(self.data)
+        _push_coded(buf, self.method, 3, self.data)
 
 
 # --------------------------------------------------------------------------- Nonce
