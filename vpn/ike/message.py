@@ -4,17 +4,18 @@
 marker: framing.py strips those); `Message.encode()` writes it, computing every length and
 the Next Payload chain. Payload classes live in payloads.py and are re-exported here.
 
-The seam with crypto.py (which owns keys, IVs, padding and the algorithms):
+The seam with crypto.py (its `SkCipher` owns keys, IVs, padding and the algorithms; this
+module only produces and splits bytes):
 
 Receiving (1-4)::
 
     1. msg = Message.decode(data)            # MalformedMessage / UnsupportedCriticalPayload
     2. sk = msg.encrypted                     # Encrypted (SK) or EncryptedFragment (SKF)
-    3. plaintext = open(msg.received_aad, sk.body)
+    3. plaintext = cipher.open(msg.received_aad, sk.body)
          received_aad: the message as received, from the IKE header through the 4-byte SK
-         header (8-byte SKF header). AEAD (RFC 5282 §5.1): it is the AAD. CBC + HMAC
-         (RFC 7296 §3.14): the ICV covers received_aad || body[:-icv_len].
-         `open` strips the padding and the Pad Length octet.
+         header (8-byte SKF header), i.e. every byte before the IV. AEAD (RFC 5282 §5.1):
+         it is the AAD. CBC + HMAC (RFC 7296 §3.14): the ICV covers it, then IV and
+         ciphertext. `open` checks the ICV and strips the padding and Pad Length.
     4. inner = decode_payloads(sk.first_payload, plaintext)
          (for SKF: reassemble the fragments' plaintexts first, RFC 7383 §2.6, then decode
          with fragment 1's first_payload)
@@ -23,9 +24,10 @@ Sending (1-4)::
 
     1. first, plaintext = encode_payloads(inner)
     2. shell = Message(spi_i, spi_r, exchange, flags, message_id)   # payloads: usually ()
-       aad = shell.sk_aad(first, body_length)  # body_length = len(IV||ciphertext||ICV)
-    3. body = seal(aad, plaintext, iv)         # crypto.py pads and returns body_length bytes
-    4. data = shell.encode_with_sk(first, body)   # == aad + body, checked
+       aad = shell.sk_aad(first, cipher.body_length(len(plaintext)))
+         (the IKE Length and the SK Payload Length already count the body to come)
+    3. body = cipher.seal(aad, plaintext, iv)   # IV || ciphertext || ICV
+    4. data = shell.encode_with_sk(first, body)   # the same bytes as aad + body
 
 SKF works the same with `skf_aad(number, total, first, body_length)` and
 `encode_with_skf(...)`; `first` is the inner type in fragment 1 and 0 in the others
