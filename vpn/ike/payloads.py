@@ -107,10 +107,6 @@ class Buffer:
     # ---- reading
 
     @property
-    def position(self) -> int:
-        return self._pos
-
-    @property
     def remaining(self) -> int:
         return self._end - self._pos
 
