@@ -119,8 +119,9 @@ def format_status(name: str, st: dict[str, object]) -> str:
     for key in ("mode", "transport", "local", "remote", "device", "mtu", "uptime_s"):
         if key in st:
             lines.append(f"  {key}: {st[key]}")
-    for sa in st.get("sas", []) or []:  # type: ignore[union-attr]
-        lines.append(f"  sa {sa}")
+    sas = st.get("sas")
+    if isinstance(sas, list):
+        lines.extend(f"  sa {sa}" for sa in sas)
     counters = st.get("counters")
     if isinstance(counters, dict):
         nonzero = {k: v for k, v in counters.items() if v}
