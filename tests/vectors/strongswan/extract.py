@@ -24,19 +24,25 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ikewalk as w  # noqa: E402
+if __package__:
+    from . import ikewalk as w
+else:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ikewalk as w  # type: ignore[import-not-found,no-redef]
 
 HERE = Path(__file__).resolve().parent
 ADDR_I = "192.0.2.1"
-CASES = ("psk", "ecdsa", "rsa", "rsa-pss", "rekey")
+CASES = ("psk", "ecdsa", "rsa", "rsa-pss", "legacy", "rekey")
 
 DESCRIPTIONS = {
     "psk": "IKE_SA_INIT + IKE_AUTH with PSK both ways, strongSwan default proposals",
     "ecdsa": "IKE_SA_INIT + IKE_AUTH with ECDSA P-256 certificates (P-384 CA), AES-GCM SK",
     "rsa": "IKE_SA_INIT + IKE_AUTH with RSA-2048 certificates, IKE fragmentation (RFC 7383)",
     "rsa-pss": "IKE_SA_INIT + IKE_AUTH with RSA-2048 certificates, charon rsa_pss = yes",
+    "legacy": "IKE_SA_INIT + IKE_AUTH without RFC 7427 (signature_authentication = no): "
+    "RSA-2048 initiator (method 1), ECDSA P-256 responder (method 9), P-384 CA",
     "rekey": "PSK; CREATE_CHILD_SA Child SA rekey with PFS, then IKE SA rekey, then Delete",
 }
 
@@ -218,19 +224,19 @@ def transforms_json(p: w.Proposal) -> list[dict[str, int | None]]:
     return [{"type": t, "id": i, "key_length": k} for t, i, k in p.transforms]
 
 
-def keys_for(sa: dict[str, object], from_initiator: bool) -> w.SkKeys:
-    encr = int(sa["encr_id"])  # type: ignore[call-overload]
+def keys_for(sa: dict[str, Any], from_initiator: bool) -> w.SkKeys:
+    encr = int(sa["encr_id"])
     integ = sa["integ_id"]
     side = "i" if from_initiator else "r"
     return w.SkKeys(
         encr,
         bytes.fromhex(str(sa[f"sk_e{side}"])),
-        int(integ) if integ is not None else None,  # type: ignore[call-overload]
+        int(integ) if integ is not None else None,
         bytes.fromhex(str(sa.get(f"sk_a{side}") or "")),
     )
 
 
-def build(case: str) -> dict[str, object]:
+def build(case: str) -> dict[str, Any]:
     d = HERE / case
     grams = read_pcap(d / "capture.pcap")
     fi = log_facts(read_log(d / "initiator.log"))
@@ -242,9 +248,9 @@ def build(case: str) -> dict[str, object]:
     if [a["octets"] for a in fi.auth] != [a["octets"] for a in fr.auth] or len(fi.auth) != 2:
         raise ValueError(f"{case}: unexpected AUTH octets in the logs")
 
-    messages: list[dict[str, object]] = []
-    ike_sas: list[dict[str, object]] = []
-    child_sas: list[dict[str, object]] = []
+    messages: list[dict[str, Any]] = []
+    ike_sas: list[dict[str, Any]] = []
+    child_sas: list[dict[str, Any]] = []
     by_spi: dict[tuple[bytes, bytes], int] = {}
     pending: dict[tuple[bytes, int, bool], list[w.Fragment]] = {}
     requests: dict[tuple[bytes, int], tuple[int, list[w.Payload]]] = {}
@@ -263,7 +269,7 @@ def build(case: str) -> dict[str, object]:
                 continue  # ESP, not part of these vectors
             raw, marker = raw[4:], True
         h = w.parse_header(raw)
-        entry: dict[str, object] = {
+        entry: dict[str, Any] = {
             "index": len(messages),
             "time": round(g.time, 6),
             "direction": "i2r" if g.src == ADDR_I else "r2i",
@@ -299,11 +305,11 @@ def build(case: str) -> dict[str, object]:
                 )
             else:
                 sa = ike_sas[-1]
-                prop = w.proposals(w.first(payloads, w.PT_SA).body)[0]  # type: ignore[union-attr]
+                prop = _chosen(payloads)
                 _set_ike(sa, prop, next(ike_props), next(ike_logs))
                 sa.update(spi_r=h.spi_r.hex(), ke_r=ke.body[4:].hex(), nonce_r=nonce.body.hex())
-                sa["created_by"].append(entry["index"])  # type: ignore[attr-defined]
-                by_spi[(h.spi_i, h.spi_r)] = sa["index"]  # type: ignore[assignment]
+                sa["created_by"].append(entry["index"])
+                by_spi[(h.spi_i, h.spi_r)] = sa["index"]
             continue
         sa = ike_sas[by_spi[(h.spi_i, h.spi_r)]]
         entry["ike_sa"] = sa["index"]
@@ -323,7 +329,7 @@ def build(case: str) -> dict[str, object]:
         payloads = w.walk(inner, plain)
         entry["payloads"] = [p.type for p in payloads]
         if not h.is_response:
-            requests[(h.spi_i, h.message_id)] = (entry["index"], payloads)  # type: ignore[assignment]
+            requests[(h.spi_i, h.message_id)] = (entry["index"], payloads)
             continue
         req_index, req = requests.pop((h.spi_i, h.message_id))
         if h.exchange == 35 and w.first(payloads, w.PT_SA):
@@ -333,14 +339,14 @@ def build(case: str) -> dict[str, object]:
                     req_index,
                     entry["index"],
                     req,
-                    payloads,  # type: ignore[arg-type]
+                    payloads,
                     next(esp_props),
                     next(child_logs),
                     ike_nonces=True,
                 )
             )
         elif h.exchange == 36 and w.first(payloads, w.PT_SA):
-            prop = w.proposals(w.first(payloads, w.PT_SA).body)[0]  # type: ignore[union-attr]
+            prop = _chosen(payloads)
             if prop.protocol == 1:  # IKE SA rekey (RFC 7296 §1.3.2)
                 new = _ike_rekey(
                     sa,
@@ -348,13 +354,13 @@ def build(case: str) -> dict[str, object]:
                     req_index,
                     entry["index"],
                     req,
-                    payloads,  # type: ignore[arg-type]
+                    payloads,
                     prop,
                     next(ike_props),
                     next(ike_logs),
                 )
                 ike_sas.append(new)
-                by_spi[(bytes.fromhex(new["spi_i"]), bytes.fromhex(new["spi_r"]))] = new["index"]  # type: ignore[arg-type]
+                by_spi[(bytes.fromhex(new["spi_i"]), bytes.fromhex(new["spi_r"]))] = new["index"]
             else:
                 child_sas.append(
                     _child(
@@ -362,7 +368,7 @@ def build(case: str) -> dict[str, object]:
                         req_index,
                         entry["index"],
                         req,
-                        payloads,  # type: ignore[arg-type]
+                        payloads,
                         next(esp_props),
                         next(child_logs),
                         ike_nonces=False,
@@ -376,7 +382,7 @@ def build(case: str) -> dict[str, object]:
         raise ValueError(f"{case}: log has key groups not matched to exchanges")
 
     auth_msgs = [m for m in messages if m["exchange"] == "IKE_AUTH" and "plaintext" in m]
-    authentication: dict[str, object] = {
+    authentication: dict[str, Any] = {
         "log": [
             dict(a, side=side) for a, side in zip(fi.auth, ("initiator", "responder"), strict=True)
         ],
@@ -397,7 +403,7 @@ def build(case: str) -> dict[str, object]:
     return {
         "case": case,
         "description": DESCRIPTIONS[case],
-        "source": "strongSwan 5.9.8 (Debian 12) charon <-> charon, tests/vectors/strongswan/make_vectors.py",
+        "source": "strongSwan 5.9.8 (Debian 12), charon <-> charon, made by make_vectors.py",
         "captured": first_time.isoformat().replace("+00:00", "Z"),
         "initiator": ADDR_I,
         "responder": "192.0.2.2",
@@ -409,7 +415,7 @@ def build(case: str) -> dict[str, object]:
     }
 
 
-def _set_ike(sa: dict[str, object], prop: w.Proposal, name: str, keys: dict[str, str]) -> None:
+def _set_ike(sa: dict[str, Any], prop: w.Proposal, name: str, keys: dict[str, str]) -> None:
     ids = {t: (i, k) for t, i, k in prop.transforms}
     sa["proposal"] = name
     sa["transforms"] = transforms_json(prop)
@@ -419,6 +425,14 @@ def _set_ike(sa: dict[str, object], prop: w.Proposal, name: str, keys: dict[str,
     sa["dh_group"] = ids[4][0]
     sa.update(sk_ai=None, sk_ar=None)  # stay null with an AEAD (no integrity keys)
     sa.update(keys)
+
+
+def _chosen(payloads: list[w.Payload]) -> w.Proposal:
+    """The first proposal of the SA payload (the only one in a response)."""
+    p = w.first(payloads, w.PT_SA)
+    if p is None:
+        raise ValueError("exchange without an SA payload")
+    return w.proposals(p.body)[0]
 
 
 def _nonce(payloads: list[w.Payload]) -> str:
@@ -434,7 +448,7 @@ def _ke(payloads: list[w.Payload]) -> str | None:
 
 
 def _child(
-    sa: dict[str, object],
+    sa: dict[str, Any],
     req_i: int,
     resp_i: int,
     req: list[w.Payload],
@@ -443,11 +457,11 @@ def _child(
     keys: dict[str, str],
     *,
     ike_nonces: bool,
-) -> dict[str, object]:
-    req_prop = w.proposals(w.first(req, w.PT_SA).body)[0]  # type: ignore[union-attr]
-    resp_prop = w.proposals(w.first(resp, w.PT_SA).body)[0]  # type: ignore[union-attr]
+) -> dict[str, Any]:
+    req_prop = _chosen(req)
+    resp_prop = _chosen(resp)
     rekey = [n for n in w.notifies(req) if n[1] == 16393]  # REKEY_SA
-    child: dict[str, object] = {
+    child: dict[str, Any] = {
         "ike_sa": sa["index"],
         "created_by": [req_i, resp_i],
         "rekey_of_spi": rekey[0][2].hex() if rekey else None,
@@ -467,7 +481,7 @@ def _child(
 
 
 def _ike_rekey(
-    old: dict[str, object],
+    old: dict[str, Any],
     index: int,
     req_i: int,
     resp_i: int,
@@ -476,10 +490,10 @@ def _ike_rekey(
     prop: w.Proposal,
     name: str,
     keys: dict[str, str],
-) -> dict[str, object]:
-    req_prop = w.proposals(w.first(req, w.PT_SA).body)[0]  # type: ignore[union-attr]
+) -> dict[str, Any]:
+    req_prop = _chosen(req)
     ke_i = w.first(req, w.PT_KE)
-    new: dict[str, object] = {
+    new: dict[str, Any] = {
         "index": index,
         "created_by": [req_i, resp_i],
         "rekey_of": old["index"],
@@ -503,9 +517,9 @@ def main(argv: list[str]) -> int:
         vec = build(case)
         (HERE / case / "vector.json").write_text(json.dumps(vec, indent=1) + "\n")
         print(
-            f"{case}: {len(vec['messages'])} messages, {len(vec['ike_sas'])} IKE SAs, "  # type: ignore[arg-type]
+            f"{case}: {len(vec['messages'])} messages, {len(vec['ike_sas'])} IKE SAs, "
             f"{len(vec['child_sas'])} Child SAs"
-        )  # type: ignore[arg-type]
+        )
     return 0
 
 

@@ -22,7 +22,8 @@ dumpcap, drives the exchanges with swanctl, and keeps in `<case>/`:
 and then runs extract.py, which writes `<case>/vector.json`. The tests read only the
 committed files; charon is not needed to run them.
 
-Cases: psk, ecdsa, rsa (IKE fragmentation), rsa-pss, rekey (CREATE_CHILD_SA for a Child
+Cases: psk, ecdsa, rsa (IKE fragmentation), rsa-pss, legacy (RSA initiator and ECDSA
+responder without RFC 7427: methods 1 and 9), rekey (CREATE_CHILD_SA for a Child
 SA rekey and an IKE SA rekey, then a Delete).
 """
 
@@ -35,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +61,7 @@ charon {{
     retransmit_tries = 2
     fragment_size = {fragment_size}
     rsa_pss = {rsa_pss}
+    signature_authentication = {sigauth}
     send_vendor_id = no
     plugins {{
         vici {{
@@ -98,21 +101,20 @@ class Side:
     local_id: str
     remote_id: str
     auth: str  # "psk" or "pubkey"
-    cert: str | None = None  # file name in x509/
-    key: str | None = None  # file name in private/
+    cert: str  # file name in x509/ (pubkey only)
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    auth: str  # "psk" or "ecdsa" or "rsa"
+    auth: str  # "psk", "ecdsa", "rsa" or "mixed" (RSA initiator, ECDSA responder)
     ike_proposals: str = "default"
     esp_proposals: str = "default"
     fragment_size: int = 1280
     rsa_pss: bool = False
+    signature_authentication: bool = True  # RFC 7427; off: methods 1 and 9/10/11
     rekey: bool = False
     id_kind: str = "fqdn"  # "fqdn" or "dn" (cert cases)
-    notes: list[str] = field(default_factory=list)
 
 
 PSK = "vpn-test-psk-only-for-strongswan-vectors"
@@ -126,6 +128,8 @@ CASES = {
         # A small fragment size so that both IKE_AUTH messages use RFC 7383 fragments.
         Case("rsa", "rsa", fragment_size=576, id_kind="dn"),
         Case("rsa-pss", "rsa", rsa_pss=True),
+        # No SIGNATURE_HASH_ALGORITHMS: RSA signs with method 1, ECDSA with method 9.
+        Case("legacy", "mixed", signature_authentication=False),
         # Child SA with PFS so that its rekey carries a KE payload.
         Case(
             "rekey", "psk", "aes128gcm16-prfsha256-curve25519", "aes128gcm16-curve25519", rekey=True
@@ -143,10 +147,10 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = WAIT) ->
     return res.stdout
 
 
-def wait_for(pred: object, what: str, timeout: float = WAIT) -> None:
+def wait_for(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out waiting for {what}")
@@ -164,10 +168,20 @@ def pki(*args: str) -> bytes:
 
 def make_credentials(case: Case, out: Path) -> dict[str, str]:
     """CA, initiator and responder cert/key as PEM files in `out` (strongSwan's pki)."""
+    ecdsa = ("--type", "ecdsa", "--size", "256")
+    rsa = ("--type", "rsa", "--size", "2048")
     if case.auth == "ecdsa":
-        ca_gen, ee_gen = ("--type", "ecdsa", "--size", "384"), ("--type", "ecdsa", "--size", "256")
+        ca_gen, ee_gen = (
+            ("--type", "ecdsa", "--size", "384"),
+            {"initiator": ecdsa, "responder": ecdsa},
+        )
+    elif case.auth == "mixed":
+        ca_gen, ee_gen = (
+            ("--type", "ecdsa", "--size", "384"),
+            {"initiator": rsa, "responder": ecdsa},
+        )
     else:
-        ca_gen, ee_gen = ("--type", "rsa", "--size", "3072"), ("--type", "rsa", "--size", "2048")
+        ca_gen, ee_gen = ("--type", "rsa", "--size", "3072"), {"initiator": rsa, "responder": rsa}
     label = case.auth.upper()
     ca_key = pki("--gen", *ca_gen, "--outform", "pem")
     (out / "ca.key.pem").write_bytes(ca_key)
@@ -187,7 +201,7 @@ def make_credentials(case: Case, out: Path) -> dict[str, str]:
     (out / "ca.pem").write_bytes(ca)
     names = {}
     for role in ("initiator", "responder"):
-        key = pki("--gen", *ee_gen, "--outform", "pem")
+        key = pki("--gen", *ee_gen[role], "--outform", "pem")
         (out / f"{role}.key.pem").write_bytes(key)
         pub = pki("--pub", "--in", str(out / f"{role}.key.pem"))
         pub_path = out / f"{role}.pub.der"
@@ -274,8 +288,7 @@ def swanctl_conf(case: Case, side: Side, initiator: bool) -> str:
 class Lab:
     """Two namespaces, a veth pair, two charons and a capture; torn down on exit."""
 
-    def __init__(self, case: Case, tmp: Path) -> None:
-        self.case = case
+    def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         tag = f"swan{os.getpid()}"
         self.ns = {"initiator": f"{tag}i", "responder": f"{tag}r"}
@@ -402,10 +415,6 @@ def swanctl(lab: Lab, role: str, env: dict[str, str], *args: str) -> str:
     return lab.netns(role, "swanctl", *args, env=env)
 
 
-def list_sas(lab: Lab, env: dict[str, str]) -> str:
-    return swanctl(lab, "initiator", env, "--list-sas", "--raw")
-
-
 def run_case(case: Case) -> None:
     out = HERE / case.name
     if out.exists():
@@ -417,30 +426,20 @@ def run_case(case: Case) -> None:
             ids = {"initiator": "initiator.vpn.test", "responder": "responder.vpn.test"}
         else:
             ids = make_credentials(case, out)
+        method = "psk" if case.auth == "psk" else "pubkey"
         sides = {
             "initiator": Side(
-                ADDR_I,
-                ADDR_R,
-                ids["initiator"],
-                ids["responder"],
-                "psk" if case.auth == "psk" else "pubkey",
-                "initiator.pem",
-                "initiator.key.pem",
+                ADDR_I, ADDR_R, ids["initiator"], ids["responder"], method, "initiator.pem"
             ),
             "responder": Side(
-                ADDR_R,
-                ADDR_I,
-                ids["responder"],
-                ids["initiator"],
-                "psk" if case.auth == "psk" else "pubkey",
-                "responder.pem",
-                "responder.key.pem",
+                ADDR_R, ADDR_I, ids["responder"], ids["initiator"], method, "responder.pem"
             ),
         }
         conf = STRONGSWAN_CONF.format(
             plugins=PLUGINS,
             fragment_size=case.fragment_size,
             rsa_pss="yes" if case.rsa_pss else "no",
+            sigauth="yes" if case.signature_authentication else "no",
         )
         for role, side in sides.items():
             d = tmp / role
@@ -455,7 +454,7 @@ def run_case(case: Case) -> None:
                 shutil.copy(out / "ca.pem", d / "swanctl" / "x509ca" / "ca.pem")
                 shutil.copy(out / f"{role}.pem", d / "swanctl" / "x509" / f"{role}.pem")
                 shutil.copy(out / f"{role}.key.pem", d / "swanctl" / "private" / f"{role}.key.pem")
-        with Lab(case, tmp) as lab:
+        with Lab(tmp) as lab:
             lab.build_network()
             lab.start_capture(tmp / "capture.pcap")
             envs = {role: lab.start_charon(role) for role in ("responder", "initiator")}

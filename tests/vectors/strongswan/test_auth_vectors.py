@@ -22,7 +22,7 @@ from vpn.ike.errors import AuthenticationFailed
 from . import ikewalk as w
 
 HERE = Path(__file__).resolve().parent
-CASES = ("psk", "ecdsa", "rsa", "rsa-pss", "rekey")
+CASES = ("psk", "ecdsa", "rsa", "rsa-pss", "legacy", "rekey")
 # Integrity key and ICV sizes (RFC 4868), encryption key sizes by (encr id, key bits).
 INTEG_KEY = {12: 32, 13: 48, 14: 64}
 PRF_SIZE = {5: 32, 6: 48, 7: 64}
@@ -34,7 +34,7 @@ def load(case: str) -> dict[str, Any]:
 
 def sk_e_len(sa: dict[str, Any]) -> int:
     """AES key plus, for AES-GCM, the 4-octet salt (RFC 5282 §7.1)."""
-    return sa["encr_key_bits"] // 8 + (4 if sa["encr_id"] == w.ENCR_AES_GCM_16 else 0)
+    return int(sa["encr_key_bits"]) // 8 + (4 if sa["encr_id"] == w.ENCR_AES_GCM_16 else 0)
 
 
 def ike_keymat(sa: dict[str, Any], skeyseed: bytes) -> dict[str, bytes]:
@@ -233,11 +233,17 @@ def test_psk_auth_recomputes(case: str) -> None:
             auth.verify_psk(prf, psk + b"x", octets, view["auth_data"])
 
 
-# case -> (kind, hash) strongSwan used under method 14 (both directions)
+M14 = AuthMethod.DIGITAL_SIGNATURE
+# case -> the scheme strongSwan used, (initiator's, responder's)
 EXPECTED_SCHEME = {
-    "ecdsa": (auth.SigKind.ECDSA, HashAlgorithm.SHA2_256),
-    "rsa": (auth.SigKind.RSA_PKCS1, HashAlgorithm.SHA2_256),
-    "rsa-pss": (auth.SigKind.RSA_PSS, HashAlgorithm.SHA2_256),
+    "ecdsa": 2 * [(M14, auth.SigKind.ECDSA, HashAlgorithm.SHA2_256)],
+    "rsa": 2 * [(M14, auth.SigKind.RSA_PKCS1, HashAlgorithm.SHA2_256)],
+    "rsa-pss": 2 * [(M14, auth.SigKind.RSA_PSS, HashAlgorithm.SHA2_256)],
+    # No SIGNATURE_HASH_ALGORITHMS sent: RSA method 1 (SHA-1), ECDSA method 9 (RFC 4754).
+    "legacy": [
+        (AuthMethod.RSA_SIG, auth.SigKind.RSA_PKCS1, HashAlgorithm.SHA1),
+        (AuthMethod.ECDSA_SHA256_P256, auth.SigKind.ECDSA, HashAlgorithm.SHA2_256),
+    ],
 }
 
 
@@ -247,8 +253,7 @@ def test_certificate_auth_verifies(case: str) -> None:
     a = vec["authentication"]
     store = certs.TrustStore.from_pem(a["ca_cert_pem"].encode())
     now = dt.datetime.fromisoformat(vec["captured"].replace("Z", "+00:00"))
-    kind, hash_alg = EXPECTED_SCHEME[case]
-    for view in auth_views(vec):
+    for view, expected in zip(auth_views(vec), EXPECTED_SCHEME[case], strict=True):
         role = "initiator" if view["initiator"] else "responder"
         assert view["certs"] and view["certs"][0][0] == CertEncoding.X509_CERT_SIGNATURE
         end_entity = store.validate(view["certs"], now)
@@ -257,18 +262,15 @@ def test_certificate_auth_verifies(case: str) -> None:
         octets = octets_of(view)
         key = certs.certificate_public_key(end_entity)
         scheme = auth.verify_signature(key, view["method"], view["auth_data"], octets)
-        assert (scheme.method, scheme.kind, scheme.hash) == (
-            AuthMethod.DIGITAL_SIGNATURE,
-            kind,
-            hash_alg,
-        )
+        assert (scheme.method, scheme.kind, scheme.hash) == expected
         # Given what the peer announced, auth.py would have chosen the same scheme.
         private = certs.load_private_key(a[f"{role}_key_pem"].encode())
         peer_hashes = _peer_hashes(vec, not view["initiator"])
         assert auth.choose_scheme(private, peer_hashes, rsa_pss=case == "rsa-pss") == scheme
-        # The AlgorithmIdentifier strongSwan sent is byte-identical to ours.
-        algid = auth.algorithm_identifier(scheme)
-        assert view["auth_data"][1 : 1 + len(algid)] == algid
+        if scheme.method == M14:
+            # The AlgorithmIdentifier strongSwan sent is byte-identical to ours.
+            algid = auth.algorithm_identifier(scheme)
+            assert view["auth_data"][1 : 1 + len(algid)] == algid
         # And a re-signature by auth.py verifies like strongSwan's.
         mine = auth.sign(private, scheme, octets)
         assert auth.verify_signature(key, view["method"], mine, octets) == scheme
@@ -325,3 +327,11 @@ def test_negotiated_algorithms_are_recorded() -> None:
     rekey = load("rekey")
     assert [c["rekey_of_spi"] for c in rekey["child_sas"]] == [None, rekey["child_sas"][0]["spi_i"]]
     assert rekey["ike_sas"][1]["rekey_of"] == 0
+
+
+def test_vectors_are_reproducible_from_the_committed_capture_and_logs() -> None:
+    """vector.json is exactly what extract.py derives from capture.pcap and the logs."""
+    from . import extract
+
+    for case in CASES:
+        assert extract.build(case) == load(case), case
