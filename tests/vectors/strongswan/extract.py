@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn each case's capture.pcap + charon logs into <case>/vector.json (stdlib + cryptography).
 
-    python3 tests/vectors/strongswan/extract.py [case ...]
+    python3 tests/vectors/strongswan/extract.py [case ...] [--dir DIR]
 
 Sources, kept apart so the tests can check one against the other:
 - the wire (capture.pcap): every IKE message in wire order, as sent;
@@ -16,6 +16,7 @@ The JSON layout is described in README.md beside this file.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import re
@@ -236,8 +237,8 @@ def keys_for(sa: dict[str, Any], from_initiator: bool) -> w.SkKeys:
     )
 
 
-def build(case: str) -> dict[str, Any]:
-    d = HERE / case
+def build(case: str, base: Path = HERE) -> dict[str, Any]:
+    d = base / case
     grams = read_pcap(d / "capture.pcap")
     fi = log_facts(read_log(d / "initiator.log"))
     fr = log_facts(read_log(d / "responder.log"))
@@ -510,12 +511,16 @@ def _ike_rekey(
 
 
 def main(argv: list[str]) -> int:
-    for case in argv or CASES:
-        if not (HERE / case / "capture.pcap").exists():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*", choices=[[], *CASES], default=[])
+    parser.add_argument("--dir", type=Path, default=HERE, help="base directory (default: here)")
+    args = parser.parse_args(argv)
+    for case in args.cases or CASES:
+        if not (args.dir / case / "capture.pcap").exists():
             print(f"skip {case}: no capture", file=sys.stderr)
             continue
-        vec = build(case)
-        (HERE / case / "vector.json").write_text(json.dumps(vec, indent=1) + "\n")
+        vec = build(case, args.dir)
+        (args.dir / case / "vector.json").write_text(json.dumps(vec, indent=1) + "\n")
         print(
             f"{case}: {len(vec['messages'])} messages, {len(vec['ike_sas'])} IKE SAs, "
             f"{len(vec['child_sas'])} Child SAs"

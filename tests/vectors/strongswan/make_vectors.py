@@ -5,7 +5,7 @@ Run as root on Debian 12 (strongswan-charon, strongswan-swanctl, strongswan-pki,
 libstrongswan-standard-plugins for the openssl plugin, libcharon-extra-plugins for
 kernel-libipsec, tshark/dumpcap):
 
-    python3 tests/vectors/strongswan/make_vectors.py [case ...]
+    python3 tests/vectors/strongswan/make_vectors.py [case ...] [--out DIR]
 
 For each case it creates two network namespaces joined by a veth pair (unique names with
 this branch's name and the PID, always removed), starts one charon in each (its own
@@ -29,6 +29,7 @@ SA rekey and an IKE SA rekey, then a Delete).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -415,8 +416,8 @@ def swanctl(lab: Lab, role: str, env: dict[str, str], *args: str) -> str:
     return lab.netns(role, "swanctl", *args, env=env)
 
 
-def run_case(case: Case) -> None:
-    out = HERE / case.name
+def run_case(case: Case, base: Path = HERE) -> None:
+    out = base / case.name
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -488,14 +489,22 @@ def run_case(case: Case) -> None:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*", choices=[[], *CASES], default=[])
+    parser.add_argument("--out", type=Path, default=HERE, help="base directory (default: here)")
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make_vectors.py must run as root (network namespaces)", file=sys.stderr)
         return 2
-    names = argv or list(CASES)
+    names = args.cases or list(CASES)
     for name in names:
         print(f"== {name}", flush=True)
-        run_case(CASES[name])
-    subprocess.run((sys.executable, str(HERE / "extract.py"), *names), check=True, timeout=300)
+        run_case(CASES[name], args.out)
+    subprocess.run(
+        (sys.executable, str(HERE / "extract.py"), "--dir", str(args.out), *names),
+        check=True,
+        timeout=300,
+    )
     return 0
 
 

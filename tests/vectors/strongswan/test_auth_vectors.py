@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,8 @@ INTEG_KEY = {12: 32, 13: 48, 14: 64}
 PRF_SIZE = {5: 32, 6: 48, 7: 64}
 
 
-def load(case: str) -> dict[str, Any]:
-    return json.loads((HERE / case / "vector.json").read_text())  # type: ignore[no-any-return]
+def load(case: str, base: Path = HERE) -> dict[str, Any]:
+    return json.loads((base / case / "vector.json").read_text())  # type: ignore[no-any-return]
 
 
 def sk_e_len(sa: dict[str, Any]) -> int:
@@ -217,7 +220,10 @@ def test_signed_octets_match_strongswan(vec: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", ["psk", "rekey"])
 def test_psk_auth_recomputes(case: str) -> None:
-    vec = load(case)
+    check_psk(load(case))
+
+
+def check_psk(vec: dict[str, Any]) -> None:
     psk = vec["authentication"]["psk"].encode()
     for view, entry in zip(auth_views(vec), vec["authentication"]["log"], strict=True):
 
@@ -249,7 +255,11 @@ EXPECTED_SCHEME = {
 
 @pytest.mark.parametrize("case", sorted(EXPECTED_SCHEME))
 def test_certificate_auth_verifies(case: str) -> None:
-    vec = load(case)
+    check_certificates(load(case))
+
+
+def check_certificates(vec: dict[str, Any]) -> None:
+    case = vec["case"]
     a = vec["authentication"]
     store = certs.TrustStore.from_pem(a["ca_cert_pem"].encode())
     now = dt.datetime.fromisoformat(vec["captured"].replace("Z", "+00:00"))
@@ -335,3 +345,29 @@ def test_vectors_are_reproducible_from_the_committed_capture_and_logs() -> None:
 
     for case in CASES:
         assert extract.build(case) == load(case), case
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_make_vectors_still_works(tmp_path: Path) -> None:
+    """Re-run the capture script (root, charon) into a temp dir; the fresh vectors pass too."""
+    if os.geteuid() != 0 or not Path("/usr/lib/ipsec/charon").exists():
+        pytest.skip("needs root and strongSwan (see README.md)")
+    res = subprocess.run(
+        (sys.executable, str(HERE / "make_vectors.py"), "--out", str(tmp_path)),
+        check=False,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    for case in CASES:
+        vec = load(case, tmp_path)
+        test_skeyseed_and_sk_keys_recompute(vec)
+        test_child_keys_recompute(vec)
+        test_every_sk_payload_decrypts(vec)
+        test_signed_octets_match_strongswan(vec)
+        if vec["authentication"]["method"] == "psk":
+            check_psk(vec)
+        else:
+            check_certificates(vec)
