@@ -2,8 +2,8 @@
 """Capture real strongSwan IKEv2 exchanges, with all their keys, as test vectors.
 
 Run as root on Debian 12 (strongswan-charon, strongswan-swanctl, strongswan-pki,
-libstrongswan-standard-plugins for the openssl plugin, libcharon-extra-plugins for
-kernel-libipsec, tshark/dumpcap):
+libstrongswan-standard-plugins for the openssl plugin, libstrongswan-extra-plugins for
+curve25519, libcharon-extra-plugins for kernel-libipsec, wireshark-common for dumpcap):
 
     python3 tests/vectors/strongswan/make_vectors.py [case ...] [--out DIR]
 
