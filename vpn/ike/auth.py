@@ -134,6 +134,8 @@ _OID_ECDSA = {
     "1.2.840.10045.4.3.3": HashAlgorithm.SHA2_384,
     "1.2.840.10045.4.3.4": HashAlgorithm.SHA2_512,
 }
+_ECDSA_OID = {h: oid for oid, h in _OID_ECDSA.items()}
+_RSA_PKCS1_OID = {h: oid for oid, h in _OID_RSA_PKCS1.items()}
 _OID_RSA_PSS = "1.2.840.113549.1.1.10"
 _OID_MGF1 = "1.2.840.113549.1.1.8"
 _DER_NULL = b"\x05\x00"
@@ -166,11 +168,9 @@ def algorithm_identifier(scheme: SignatureScheme) -> bytes:
     same hash and a salt as long as the digest (RFC 4055 §3.1, RFC 7427 A.4.3).
     """
     if scheme.kind is SigKind.ECDSA:
-        oid = {h: o for o, h in _OID_ECDSA.items()}[scheme.hash]
-        return der_tlv(0x30, der_oid(oid))
+        return der_tlv(0x30, der_oid(_ECDSA_OID[scheme.hash]))
     if scheme.kind is SigKind.RSA_PKCS1:
-        oid = {h: o for o, h in _OID_RSA_PKCS1.items()}[scheme.hash]
-        return der_tlv(0x30, der_oid(oid) + _DER_NULL)
+        return der_tlv(0x30, der_oid(_RSA_PKCS1_OID[scheme.hash]) + _DER_NULL)
     hash_alg = der_tlv(0x30, der_oid(_HASH_OID[scheme.hash]) + _DER_NULL)
     mgf = der_tlv(0x30, der_oid(_OID_MGF1) + hash_alg)
     salt = der_tlv(0x02, bytes((_DIGEST_BYTES[scheme.hash],)))
