@@ -10,7 +10,8 @@ APT_PACKAGES=(
   iproute2 nftables                                      # network namespaces, firewall
   iperf3 tshark                                          # traffic and wire checks
   strongswan-charon strongswan-swanctl strongswan-pki    # interop peer
-  libcharon-extra-plugins libstrongswan-extra-plugins
+  libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
+  wireshark-common
   openssl ca-certificates procps psmisc
 )
 
