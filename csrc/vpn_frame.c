@@ -228,8 +228,8 @@ int vpn_stream_rx_feed(vpn_stream_rx *st, vpn_sa_table *table, const uint8_t *in
     /* 1. The accepting side parses nothing before the whole prefix (RFC 9329 §6.1). */
     while (st->expect_prefix && st->prefix_got < VPN_PREFIX_LEN && pos < in_len) {
         if (in[pos] != PREFIX[st->prefix_got]) {
-            *consumed = pos;
-            return close_stream(st, c);
+            rc = close_stream(st, c);
+            goto done;
         }
         st->prefix_got++;
         pos++;
@@ -253,8 +253,8 @@ int vpn_stream_rx_feed(vpn_stream_rx *st, vpn_sa_table *table, const uint8_t *in
             if (flen < VPN_FRAME_LEN_LEN) {   /* RFC 9329 §3: Length 0 or 1 is fatal */
                 c->bad_length++;
                 st->have = 0;
-                *consumed = pos;
-                return close_stream(st, c);
+                rc = close_stream(st, c);
+                break;
             }
             take = flen - st->have;
             if (take > avail) take = avail;
@@ -281,8 +281,8 @@ int vpn_stream_rx_feed(vpn_stream_rx *st, vpn_sa_table *table, const uint8_t *in
         size_t flen = ((size_t)in[pos] << 8) | in[pos + 1];
         if (flen < VPN_FRAME_LEN_LEN) {
             c->bad_length++;
-            *consumed = pos;
-            return close_stream(st, c);
+            rc = close_stream(st, c);
+            break;
         }
         if (avail < flen) {   /* keep the tail for the next call */
             memcpy(st->buf, in + pos, avail);

@@ -24,7 +24,13 @@ from enum import IntEnum, IntFlag
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vpn.esp.replay import REPLAY_WINDOW_DEFAULT, ReplayWindow, infer_seq
+from vpn.esp.replay import (
+    REPLAY_WINDOW_DEFAULT,
+    REPLAY_WINDOW_MAX,
+    REPLAY_WINDOW_MIN,
+    ReplayWindow,
+    infer_seq,
+)
 
 SPI_LEN = 4
 SEQ_LEN = 4
@@ -117,6 +123,8 @@ class SaParams:
             raise ValueError("AES-GCM key must be 16 or 32 octets")
         if len(self.salt) != SALT_LEN:
             raise ValueError("salt must be 4 octets")
+        if not REPLAY_WINDOW_MIN <= self.replay_window <= REPLAY_WINDOW_MAX:
+            raise ValueError(f"replay window must be {REPLAY_WINDOW_MIN}..{REPLAY_WINDOW_MAX}")
 
     @classmethod
     def from_keymat(cls, spi: int, keymat: bytes, **kw: int | bool) -> SaParams:
