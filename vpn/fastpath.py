@@ -229,10 +229,13 @@ class SealBatcher:
     batch (the benchmark and the dataplane shape). `seal` does both for tests.
     """
 
-    def __init__(self, max_packets: int = 256, arena_size: int = 1 << 20) -> None:
+    def __init__(
+        self, max_packets: int = 256, arena_size: int = 1 << 20, out_size: int = 0
+    ) -> None:
         self.in_buf = ffi.new("uint8_t[]", arena_size)
         self.in_pkts = ffi.new("vpn_pkt[]", max_packets)
-        self.out_buf = ffi.new("uint8_t[]", arena_size + max_packets * (ESP_OVERHEAD_MAX + 2))
+        out_size = out_size or arena_size + max_packets * (ESP_OVERHEAD_MAX + 2)
+        self.out_buf = ffi.new("uint8_t[]", out_size)
         self.out_pkts = ffi.new("vpn_pkt[]", max_packets)
         self.c_counters = ffi.new("vpn_counters *")
         self._used = ffi.new("size_t *")
@@ -243,8 +246,8 @@ class SealBatcher:
         return _counters(self.c_counters)
 
     def load(self, packets: Sequence[bytes]) -> None:
-        if len(packets) > len(self.in_pkts):
-            raise ValueError("more packets than descriptors")
+        if len(packets) > len(self.in_pkts) or sum(map(len, packets)) > len(self.in_buf):
+            raise ValueError("more packets than the arena or the descriptors hold")
         pos = 0
         for i, p in enumerate(packets):
             ffi.memmove(self.in_buf + pos, p, len(p))
