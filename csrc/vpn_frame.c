@@ -194,8 +194,9 @@ static int close_stream(vpn_stream_rx *st, vpn_counters *c) {
 static int stream_msg(vpn_stream_rx *st, vpn_sa_table *table, const uint8_t *m, size_t mlen,
                       uint8_t *out, size_t out_cap, size_t *opos, vpn_pkt *pkts,
                       size_t max_pkts, size_t *np, vpn_counters *c) {
-    size_t need = out_need(table, m, mlen);
-    if (need && (*np >= max_pkts || out_cap - *opos < need)) return VPN_ST_NO_SPACE;
+    /* Anything of 4 octets or more may be delivered (even an empty IKE message). */
+    if (mlen >= VPN_MARKER_LEN && (*np >= max_pkts || out_cap - *opos < out_need(table, m, mlen)))
+        return VPN_ST_NO_SPACE;
     vpn_pkt d;
     int s = process_msg(table, m, mlen, out + *opos, out_cap - *opos, &d);
     if (s == VPN_OK) {

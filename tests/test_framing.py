@@ -171,3 +171,11 @@ def test_c_udp_demux_without_sa_table_equals_python() -> None:
         DropReason.TOO_SHORT,
         DropReason.EMPTY,
     ]
+
+
+def test_descriptor_array_full_of_empty_ike_messages_resumes() -> None:
+    """Regression: an empty IKE message (4-octet frame body) needs a descriptor too."""
+    stream = encode_ike(b"") * 9
+    rx = fastpath.StreamReceiver(None, out_size=64, max_items=4)
+    assert [d.data for d in rx.feed(stream)] == [b""] * 9
+    assert rx.counters.ike == 9 and rx.counters.no_space == 2
