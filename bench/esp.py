@@ -115,8 +115,17 @@ def bench_py(size: int, seconds: float) -> dict[str, tuple[int, float]]:
 
 def bench_openssl(size: int, decrypt: bool, seconds: float) -> float:
     """Gbit/s of `openssl speed -elapsed -evp aes-256-gcm -bytes N` (0.0 if it failed)."""
-    cmd = ["openssl", "speed", "-elapsed", "-evp", "aes-256-gcm", "-bytes", str(size),
-           "-seconds", str(max(1, round(seconds)))]
+    cmd = [
+        "openssl",
+        "speed",
+        "-elapsed",
+        "-evp",
+        "aes-256-gcm",
+        "-bytes",
+        str(size),
+        "-seconds",
+        str(max(1, round(seconds))),
+    ]
     if decrypt:
         cmd.append("-decrypt")
     try:
@@ -161,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(json.dumps(r))
         return 0
-    print(f"{'op':5} {'size':>6} {'C Gbit/s':>9} {'C pkt/s':>10} {'py Gbit/s':>9} "
-          f"{'openssl':>8} {'C/openssl':>9}   ({fastpath.openssl_version()}, AES-256-GCM)")
+    print(
+        f"{'op':5} {'size':>6} {'C Gbit/s':>9} {'C pkt/s':>10} {'py Gbit/s':>9} "
+        f"{'openssl':>8} {'C/openssl':>9}   ({fastpath.openssl_version()}, AES-256-GCM)"
+    )
     for r in rows:
         ratio = r["c_over_openssl"]
-        print(f"{r['op']:5} {r['size']:>6} {r['c_gbps']:>9} {r['c_pps']:>10} {r['py_gbps']:>9} "
-              f"{r['openssl_gbps']:>8} {ratio if ratio is not None else '-':>9}")
+        print(
+            f"{r['op']:5} {r['size']:>6} {r['c_gbps']:>9} {r['c_pps']:>10} {r['py_gbps']:>9} "
+            f"{r['openssl_gbps']:>8} {ratio if ratio is not None else '-':>9}"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vpn import fastpath
+from vpn.esp.receiver import Delivered
 from vpn.esp.sa import DropReason
 from vpn.framing import (
     PREFIX,
@@ -166,8 +167,8 @@ def test_c_udp_demux_without_sa_table_equals_python() -> None:
     results = fastpath.udp_receive(None, datagrams)
     assert results == [
         DropReason.KEEPALIVE,
-        fastpath.Delivered("ike", IKE_MSG),
-        fastpath.Delivered("esp", ESP_MSG, spi=0xAB766E65),
+        Delivered("ike", IKE_MSG),
+        Delivered("esp", ESP_MSG, spi=0xAB766E65),
         DropReason.TOO_SHORT,
         DropReason.EMPTY,
     ]

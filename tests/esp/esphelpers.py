@@ -7,10 +7,11 @@ import random
 from vpn.esp.sa import SaParams
 
 
-def make_params(key_len: int = 32, esn: bool = False, spi: int = 0x1234ABCD, seed: int = 1,
-                **kw: int) -> SaParams:
+def make_params(
+    key_len: int = 32, esn: bool = False, spi: int = 0x1234ABCD, seed: int = 1, **kw: int
+) -> SaParams:
     rng = random.Random(seed)
-    return SaParams(spi, rng.randbytes(key_len), rng.randbytes(4), esn=esn, **kw)  # type: ignore[arg-type]
+    return SaParams(spi, rng.randbytes(key_len), rng.randbytes(4), esn=esn, **kw)
 
 
 def inner_packet(size: int, rng: random.Random, version: int = 4) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from esphelpers import inner_packet, make_params
 
 from vpn.esp.sa import (
     NEXT_HEADER_DUMMY,
@@ -18,8 +19,6 @@ from vpn.esp.sa import (
     OutboundSa,
 )
 from vpn.fastpath import FastSa
-
-from esphelpers import inner_packet, make_params
 
 MAX_SIZE = 9000
 
@@ -108,8 +107,9 @@ def test_in_place_seal_and_open_with_headroom() -> None:
         slot = ffi.new("uint8_t[]", ESP_HEADROOM + size + ESP_TAILROOM)
         ffi.memmove(slot + ESP_HEADROOM, inner, size)
         esp_len = ffi.new("size_t *")
-        st = lib.vpn_esp_seal(c_out.handle, slot + ESP_HEADROOM, size, 0, slot + 2,
-                              len(slot) - 2, esp_len)
+        st = lib.vpn_esp_seal(
+            c_out.handle, slot + ESP_HEADROOM, size, 0, slot + 2, len(slot) - 2, esp_len
+        )
         assert st == lib.VPN_OK
         assert lib.vpn_frame_put_len(slot, esp_len[0]) == lib.VPN_OK
         frame = bytes(ffi.buffer(slot, 2 + esp_len[0]))
@@ -117,8 +117,9 @@ def test_in_place_seal_and_open_with_headroom() -> None:
         assert frame == (len(expected) + 2).to_bytes(2, "big") + expected
         # open in place: the inner packet lands at esp + 16
         inner_len, nh = ffi.new("size_t *"), ffi.new("uint8_t *")
-        st = lib.vpn_esp_open(c_in.handle, slot + 2, esp_len[0], slot + 18, esp_len[0] - 16,
-                              inner_len, nh)
+        st = lib.vpn_esp_open(
+            c_in.handle, slot + 2, esp_len[0], slot + 18, esp_len[0] - 16, inner_len, nh
+        )
         assert st == lib.VPN_OK and nh[0] == 4
         assert bytes(ffi.buffer(slot + 18, inner_len[0])) == inner
 

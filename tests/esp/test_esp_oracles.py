@@ -86,7 +86,9 @@ def test_cryptography_oracle_both_directions(key_len: int, esn: bool) -> None:
 def _inner_scapy(version: int, size: int) -> bytes:
     payload = Raw(bytes(range(256)) * (size // 256 + 1))
     if version == 4:
-        return raw(IP(src="10.78.0.10", dst="10.79.0.1") / UDP(sport=1234, dport=53) / payload)[:size]
+        return raw(IP(src="10.78.0.10", dst="10.79.0.1") / UDP(sport=1234, dport=53) / payload)[
+            :size
+        ]
     return raw(IPv6(src="fd00::a", dst="fd00::1") / UDP(sport=1234, dport=53) / payload)[:size]
 
 
@@ -112,7 +114,9 @@ def test_scapy_oracle_both_directions(key_len: int, esn: bool, version: int) -> 
         scapy_pkt = IP(inner) if version == 4 else IPv6(inner)
         # scapy seals with IV = the counter, as we do: the bytes must be identical.
         theirs = raw(
-            _scapy_sa(p, seq).encrypt(scapy_pkt, seq_num=seq & 0xFFFFFFFF, iv=seq.to_bytes(8, "big"))[ESP]
+            _scapy_sa(p, seq).encrypt(
+                scapy_pkt, seq_num=seq & 0xFFFFFFFF, iv=seq.to_bytes(8, "big")
+            )[ESP]
         )
         for sa in out_sas:
             mine = sa.seal(inner)

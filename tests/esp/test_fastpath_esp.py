@@ -12,16 +12,18 @@ from hypothesis import strategies as st
 from vpn import fastpath
 from vpn.esp.receiver import Counters, Delivered, EspReceiver
 from vpn.esp.sa import DropReason, EspDropped, InboundSa, OutboundSa
-from vpn.framing import PREFIX, Deframer, encode_frame, encode_ike
 from vpn.fastpath import FastSa, FastSaTable, SealBatcher, StreamReceiver
+from vpn.framing import PREFIX, Deframer, encode_frame, encode_ike
 
 SPI_A, SPI_B = 0x0A0B0C0D, 0xC0DE0001
 
 
 def _traffic(seed: int, n: int) -> list[bytes]:
     rng = random.Random(seed)
-    return [inner_packet(rng.choice([1, 20, 40, 63, 64, 577, 1400]), rng, rng.choice([4, 6]))
-            for _ in range(n)]
+    return [
+        inner_packet(rng.choice([1, 20, 40, 63, 64, 577, 1400]), rng, rng.choice([4, 6]))
+        for _ in range(n)
+    ]
 
 
 # --- sealing ---------------------------------------------------------------------------
@@ -78,9 +80,9 @@ def test_seal_batch_refuses_descriptors_outside_the_input() -> None:
 # --- receiving a stream ----------------------------------------------------------------
 
 
-def _both_receivers(esn: bool, max_bad: int = 0) -> tuple[
-    StreamReceiver, EspReceiver, list[OutboundSa], FastSaTable
-]:
+def _both_receivers(
+    esn: bool, max_bad: int = 0
+) -> tuple[StreamReceiver, EspReceiver, list[OutboundSa], FastSaTable]:
     table, py_rx = FastSaTable(), EspReceiver(max_bad)
     senders = []
     for spi, seed in ((SPI_A, 1), (SPI_B, 2)):
@@ -88,7 +90,12 @@ def _both_receivers(esn: bool, max_bad: int = 0) -> tuple[
         table.insert(FastSa(params, outbound=False))
         py_rx.add(InboundSa(params))
         senders.append(OutboundSa(params))
-    return StreamReceiver(table, expect_prefix=True, max_consecutive_bad=max_bad), py_rx, senders, table
+    return (
+        StreamReceiver(table, expect_prefix=True, max_consecutive_bad=max_bad),
+        py_rx,
+        senders,
+        table,
+    )
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -97,8 +104,22 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 frame_kinds = st.sampled_from(
-    ["a", "a", "a", "b", "b", "ike", "keepalive", "empty", "replay", "unknown", "short",
-     "forged", "dummy", "reorder"]
+    [
+        "a",
+        "a",
+        "a",
+        "b",
+        "b",
+        "ike",
+        "keepalive",
+        "empty",
+        "replay",
+        "unknown",
+        "short",
+        "forged",
+        "dummy",
+        "reorder",
+    ]
 )
 
 
@@ -180,8 +201,18 @@ def test_each_drop_reason_moves_its_counter() -> None:
     )  # fmt: skip
     assert [d.kind for d in got] == ["inner", "ike"]
     c = rx.counters
-    expected = Counters(packets=1, bytes=31, ike=1, replay=1, icv=1, unknown_spi=1,
-                        too_short=1, keepalive=1, empty=1, dummy=1)
+    expected = Counters(
+        packets=1,
+        bytes=31,
+        ike=1,
+        replay=1,
+        icv=1,
+        unknown_spi=1,
+        too_short=1,
+        keepalive=1,
+        empty=1,
+        dummy=1,
+    )
     assert c == expected
 
 
@@ -235,8 +266,18 @@ def test_udp_receive_equals_python() -> None:
     py_rx.sas[SPI_A].set_seq((1 << 32) - 3)
     table.insert(table_sa)
     p = [sender.seal(b"\x45" + bytes(i)) for i in range(6)]
-    datagrams = [p[0], b"\xff", p[1], p[1], b"\x00\x00\x00\x00" + b"ike!" * 7, p[3], p[2],
-                 b"\x12\x34", p[5][:-1] + bytes([p[5][-1] ^ 1]), p[5]]
+    datagrams = [
+        p[0],
+        b"\xff",
+        p[1],
+        p[1],
+        b"\x00\x00\x00\x00" + b"ike!" * 7,
+        p[3],
+        p[2],
+        b"\x12\x34",
+        p[5][:-1] + bytes([p[5][-1] ^ 1]),
+        p[5],
+    ]
     counters = fastpath.new_counters()
     c_results = fastpath.udp_receive(table, datagrams, counters)
     py_results = [py_rx.receive_datagram(d) for d in datagrams]
@@ -296,8 +337,12 @@ def test_random_bytes_never_crash_and_move_the_right_counter(
         sa.open(packet)
         raise AssertionError("random bytes authenticated")
     except EspDropped as e:
-        assert e.reason in (DropReason.TOO_SHORT, DropReason.ICV, DropReason.WRONG_SA,
-                            DropReason.REPLAY)
+        assert e.reason in (
+            DropReason.TOO_SHORT,
+            DropReason.ICV,
+            DropReason.WRONG_SA,
+            DropReason.REPLAY,
+        )
     # as a stream, both as one frame and as raw stream bytes
     deframer = Deframer(expect_prefix=True)
     for chunk in _split(PREFIX + encode_frame(packet) + data, cuts):

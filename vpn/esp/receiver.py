@@ -21,7 +21,6 @@ from vpn.esp.sa import MIN_PACKET_LEN, DropReason, EspDropped, InboundSa
 from vpn.framing import (
     Deframer,
     EmptyMessage,
-    EspPacket,
     Fatal,
     IkeMessage,
     Item,

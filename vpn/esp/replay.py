@@ -56,7 +56,9 @@ class ReplayWindow:
         """Mark `seq` received; call only after its ICV verified."""
         if seq > self.top:
             shift = seq - self.top
-            self.bitmap = 0 if shift >= self.size else (self.bitmap << shift) & ((1 << self.size) - 1)
+            self.bitmap = (
+                0 if shift >= self.size else (self.bitmap << shift) & ((1 << self.size) - 1)
+            )
             self.top = seq
         self.bitmap |= 1 << (self.top - seq)
 
