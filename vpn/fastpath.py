@@ -158,7 +158,7 @@ class FastSaTable:
 
 
 def _delivered(buf: object, d: object) -> Delivered:
-    data = bytes(ffi.buffer(buf, d.off + d.len))[d.off :] if d.len else b""  # type: ignore[attr-defined]
+    data = bytes(ffi.buffer(buf + d.off, d.len)) if d.len else b""  # type: ignore[attr-defined]
     return Delivered(_KIND[int(d.kind)], data, int(d.spi), int(d.next_header))  # type: ignore[attr-defined]
 
 
