@@ -62,7 +62,7 @@
 #define VPN_REPLAY_MIN 32           /* RFC 4303 §3.4.3: at least 32 */
 #define VPN_REPLAY_MAX 65536
 
-/* --- status codes (one per drop reason; also the index of nothing: see counters) - */
+/* --- status codes: VPN_OK or one drop reason (vpn_status_name gives the name) --- */
 #define VPN_OK 0
 #define VPN_ST_TOO_SHORT 1          /* shorter than the smallest valid packet/frame */
 #define VPN_ST_BAD_LENGTH 2         /* a length that cannot be (e.g. over the frame max) */
