@@ -207,15 +207,18 @@ def tun_write_batch(fd: int, src: RecordBuffer, start: int = 0) -> tuple[int, in
     return n, int(failed[0])
 
 
+_scratch: dict[str, bytearray] = {}
+
+
 def gso_segment(frame: bytes, out_cap: int = 65535, max_out: int = 1024) -> list[bytes] | int:
     """Segment one frame; the packets, or the negative VPN_GSO_E* status (tests)."""
-    out = bytearray(out_cap * max_out) if max_out else bytearray(1)
+    need = max(out_cap * max_out, 1)
+    if len(_scratch.get("seg", b"")) < need:
+        _scratch["seg"] = bytearray(need)
+    out = _scratch["seg"]
     lens = ffi.new("uint32_t[]", max(max_out, 1))
-    n = int(
-        lib.vpn_gso_segment(
-            frame, len(frame), ffi.from_buffer("uint8_t[]", out), out_cap, out_cap, lens, max_out
-        )
-    )
+    ptr = ffi.from_buffer("uint8_t[]", out)
+    n = int(lib.vpn_gso_segment(frame, len(frame), ptr, out_cap, out_cap, lens, max_out))
     if n < 0:
         return n
     return [bytes(out[i * out_cap : i * out_cap + int(lens[i])]) for i in range(n)]

@@ -285,7 +285,7 @@ def _parse(p: bytes) -> tuple[_Parsed, bool]:
     if thl < 20 or iphl + thl > len(p):
         return r, False
     if r.ver == 4:
-        tot_len, frag = struct.unpack_from("!HH", p, 2)
+        tot_len, frag = struct.unpack_from("!H2xH", p, 2)
         if iphl != 20 or tot_len != len(p) or frag & 0x3FFF:
             return r, False
     elif struct.unpack_from("!H", p, 4)[0] + 40 != len(p):
