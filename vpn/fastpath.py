@@ -6,7 +6,10 @@ Everything else in the package calls these wrappers, never `ffi` or `lib` direct
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import socket
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -587,3 +590,305 @@ def gro_coalesce(packets: list[bytes], stats: GsoStats | None = None) -> list[by
     dst = RecordBuffer(max(n, 1), sum(len(p) for p in packets) + VNET_HDR_LEN * n + 1)
     coalesce_batch(src, dst, stats or GsoStats())
     return [dst.record(i) for i in range(dst.count)]
+
+
+# ---- the dataplane (csrc/vpn_dp.c) --------------------------------------------------
+#
+# One Dataplane per daemon: the TUN fd, the inbound SA table, routes and SPI bindings.
+# Connections (TCP/TLS streams, UDP sockets) and peers (remote ends with an outbound SA)
+# hang off it. Each call below is one C call that handles a whole batch.
+
+DP_CONN_TCP = int(lib.VPN_DP_CONN_TCP)
+DP_CONN_UDP = int(lib.VPN_DP_CONN_UDP)
+DP_CONN_FEED = int(lib.VPN_DP_CONN_FEED)
+DP_TUN_EMPTY = int(lib.VPN_DP_TUN_EMPTY)
+DP_BACKPRESSURE = int(lib.VPN_DP_BACKPRESSURE)
+DP_BLOCKED = int(lib.VPN_DP_BLOCKED)
+DP_CONN_ERROR = int(lib.VPN_DP_CONN_ERROR)
+DP_TUN_ERROR = int(lib.VPN_DP_TUN_ERROR)
+DP_RX_OK = int(lib.VPN_DP_RX_OK)
+DP_RX_EOF = int(lib.VPN_DP_RX_EOF)
+DP_RX_CLOSE = int(lib.VPN_DP_RX_CLOSE)
+DP_RX_ERROR = int(lib.VPN_DP_RX_ERROR)
+_IKE_BUF_BYTES = 256 * 1024
+_IKE_MAX = 64
+_SOCKADDR_BYTES = 128
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Range = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ipaddress.IPv4Address | ipaddress.IPv6Address]
+
+
+def _struct_dict(s: object, ctype: str) -> dict[str, int]:
+    return {name: int(getattr(s, name)) for name, _ in ffi.typeof(ctype).fields}
+
+
+def sockaddr_bytes(host: str, port: int) -> bytes:
+    """A struct sockaddr_in/_in6 for (numeric host, port), as C wants it."""
+    addr = ipaddress.ip_address(host)
+    if addr.version == 4:
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + addr.packed + bytes(8)
+    return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + addr.packed
+            + struct.pack("=I", 0))
+
+
+def sockaddr_tuple(raw: bytes) -> tuple[str, int]:
+    """(host, port) of a struct sockaddr_in/_in6."""
+    (family,) = struct.unpack_from("=H", raw)
+    (port,) = struct.unpack_from("!H", raw, 2)
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[4:8])), port
+    if family == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(raw[8:24])), port
+    raise ValueError(f"address family {family}")
+
+
+class _IkeSink:
+    """A reusable buffer that C fills with IKE messages (Non-ESP marker stripped)."""
+
+    def __init__(self) -> None:
+        self.buf = ffi.new("uint8_t[]", _IKE_BUF_BYTES)
+        self.pkts = ffi.new("vpn_pkt[]", _IKE_MAX)
+        self.n = ffi.new("size_t *")
+        self.err = ffi.new("int *")
+        self.addrs = ffi.new("uint8_t[]", _IKE_MAX * _SOCKADDR_BYTES)
+        self.addr_lens = ffi.new("uint32_t[]", _IKE_MAX)
+
+    def messages(self) -> list[bytes]:
+        return [bytes(ffi.buffer(self.buf + p.off, p.len)) for p in self.pkts[0 : self.n[0]]]
+
+    def messages_from(self) -> list[tuple[bytes, tuple[str, int]]]:
+        out = []
+        for i, msg in enumerate(self.messages()):
+            raw = bytes(ffi.buffer(self.addrs + i * _SOCKADDR_BYTES, self.addr_lens[i]))
+            out.append((msg, sockaddr_tuple(raw)))
+        return out
+
+
+class Dataplane:
+    """The C dataplane of one daemon (see csrc/vpn_dp.h for the flow)."""
+
+    def __init__(self, tun_fd: int, mtu: int, batch: int = 64) -> None:
+        handle = lib.vpn_dp_new(tun_fd, mtu, batch)
+        if handle == ffi.NULL:
+            raise ValueError("cannot create the dataplane (bad MTU or out of memory)")
+        self.handle = ffi.gc(handle, lib.vpn_dp_free)
+        self._table = lib.vpn_dp_sa_table(self.handle)
+        self._inbound: dict[int, FastSa] = {}
+        self._err = ffi.new("int *")
+        self._ctr = ffi.new("vpn_dp_counters *")
+        self._gso = ffi.new("struct vpn_gso_stats *")
+
+    # inbound SAs ---------------------------------------------------------------------
+    def install_inbound(self, sa: FastSa) -> None:
+        """Start accepting ESP for this inbound SA (keeps it alive until removed)."""
+        st = lib.vpn_sa_table_insert(self._table, sa.handle)
+        if st != lib.VPN_OK:
+            raise ValueError(f"cannot install SPI {sa.spi:08x}: {status_name(st)}")
+        self._inbound[sa.spi] = sa
+
+    def remove_inbound(self, spi: int) -> FastSa | None:
+        lib.vpn_sa_table_remove(self._table, spi)
+        lib.vpn_dp_unbind_spi(self.handle, spi)
+        return self._inbound.pop(spi, None)
+
+    def inbound(self, spi: int) -> FastSa | None:
+        return self._inbound.get(spi)
+
+    # send ------------------------------------------------------------------------------
+    def tun_to_net(self) -> tuple[int, int]:
+        """Read one batch from the TUN, seal and send it: (DP_* flags, errno)."""
+        flags = int(lib.vpn_dp_tun_to_net(self.handle, self._err))
+        return flags, int(self._err[0])
+
+    # objects ---------------------------------------------------------------------------
+    def conn(self, kind: int, fd: int, *, expect_prefix: bool = False,
+             capacity: int = 8 << 20, high_water: int = 1 << 20) -> DpConn:
+        return DpConn(self, kind, fd, expect_prefix, capacity, high_water)
+
+    def peer(self, peer_id: int) -> DpPeer:
+        return DpPeer(self, peer_id)
+
+    # routing and policy ------------------------------------------------------------------
+    def route_add(self, net: Network, peer: DpPeer) -> None:
+        st = lib.vpn_dp_route_add(self.handle, net.version, net.network_address.packed,
+                                  net.prefixlen, peer.handle)
+        if st != lib.VPN_OK:
+            raise ValueError(f"cannot add route {net}: {status_name(st)}")
+        peer._routes.add(net)
+
+    def route_del(self, net: Network) -> bool:
+        return bool(lib.vpn_dp_route_del(self.handle, net.version, net.network_address.packed,
+                                         net.prefixlen) == lib.VPN_OK)
+
+    def set_default_peer(self, peer: DpPeer | None) -> None:
+        lib.vpn_dp_set_default_peer(self.handle, peer.handle if peer else ffi.NULL)
+        self._default = peer
+
+    def bind_spi(self, spi: int, peer: DpPeer, sources: Sequence[Network | Range]) -> None:
+        """Inbound `spi` belongs to `peer` and may carry inner sources in `sources`
+        (RFC 4301 §5.2); packets from anywhere else are dropped and counted."""
+        n = len(sources)
+        if n > int(lib.VPN_DP_MAX_TS):
+            raise ValueError("too many traffic selectors for one SA")
+        ranges = ffi.new("vpn_dp_range[]", max(n, 1))
+        for i, src in enumerate(sources):
+            first, last = (src.network_address, src.broadcast_address) if not isinstance(src, tuple) else src
+            ranges[i].family = first.version
+            ffi.memmove(ranges[i].start, first.packed, len(first.packed))
+            ffi.memmove(ranges[i].end, last.packed, len(last.packed))
+        st = lib.vpn_dp_bind_spi(self.handle, spi, peer.handle, ranges, n)
+        if st != lib.VPN_OK:
+            raise ValueError(f"cannot bind SPI {spi:08x}: {status_name(st)}")
+
+    # counters ----------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        lib.vpn_dp_get_counters(self.handle, self._ctr)
+        return _struct_dict(self._ctr[0], "vpn_dp_counters")
+
+    def gso_stats(self) -> dict[str, int]:
+        lib.vpn_dp_get_gso_stats(self.handle, self._gso)
+        return _struct_dict(self._gso[0], "struct vpn_gso_stats")
+
+
+class DpConn:
+    """A transport of the dataplane: a TCP stream, a UDP socket, or a stream whose
+    bytes Python moves (TLS). TCP and TLS connections own the ordered output queue."""
+
+    def __init__(self, dp: Dataplane, kind: int, fd: int, expect_prefix: bool,
+                 capacity: int, high_water: int) -> None:
+        handle = lib.vpn_dp_conn_new(dp.handle, kind, fd, int(expect_prefix), capacity, high_water)
+        if handle == ffi.NULL:
+            raise ValueError("cannot create the connection")
+        self.dp = dp  # the dataplane outlives its connections
+        self.kind = kind
+        self.fd = fd
+        self.handle = ffi.gc(handle, lib.vpn_dp_conn_free)
+        self._sink = _IkeSink()
+        self._consumed = ffi.new("size_t *")
+        self._rxc = ffi.new("vpn_counters *")
+        q = lib.vpn_dp_conn_outq(self.handle)
+        self._outq = q if q != ffi.NULL else None
+
+    def close(self) -> None:
+        """Detach from the dataplane now (the fd is the caller's to close)."""
+        if self.handle is not None:
+            lib.vpn_dp_conn_free(ffi.gc(self.handle, None))
+            self.handle = None
+
+    # output ------------------------------------------------------------------------------
+    def send_ike(self, message: bytes) -> bool:
+        """Queue one IKE message: Length || Non-ESP marker || message (RFC 9329 §3.1)."""
+        if self._outq is None:
+            raise ValueError("UDP connections send IKE through their socket")
+        prefix = struct.pack("!H", len(message) + 6) + b"\x00\x00\x00\x00"
+        return bool(lib.vpn_outq_push_frame(self._outq, prefix, 6, message, len(message)) == 0)
+
+    def send_raw(self, data: bytes) -> bool:
+        """Queue raw stream bytes (the "IKETCP" prefix)."""
+        assert self._outq is not None
+        return bool(lib.vpn_outq_push(self._outq, data, len(data)) == 0)
+
+    def pending(self) -> int:
+        return int(lib.vpn_outq_pending(self._outq)) if self._outq is not None else 0
+
+    def above_high_water(self) -> bool:
+        return self._outq is not None and bool(lib.vpn_outq_above_high_water(self._outq))
+
+    def flush(self) -> int:
+        """Write the queue to the socket until EAGAIN; OSError when the socket died."""
+        n = int(lib.vpn_dp_conn_flush(self.handle))
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        return n
+
+    def take_pending(self) -> bytes:
+        """FEED connections: the queued bytes, removed from the queue (for TLS)."""
+        assert self._outq is not None
+        size = ffi.new("size_t *")
+        ptr = lib.vpn_outq_peek(self._outq, size)
+        data = bytes(ffi.buffer(ptr, size[0]))
+        lib.vpn_outq_consume(self._outq, size[0])
+        return data
+
+    def clear(self) -> None:
+        if self._outq is not None:
+            lib.vpn_outq_clear(self._outq)
+
+    @property
+    def error(self) -> int:
+        return int(lib.vpn_dp_conn_error(self.handle))
+
+    # input -------------------------------------------------------------------------------
+    def rx(self, budget: int = 4 << 20) -> tuple[int, list[bytes], int]:
+        """Read the TCP socket: (DP_RX_* status, IKE messages, errno)."""
+        s = self._sink
+        st = int(lib.vpn_dp_conn_rx(self.handle, budget, s.buf, _IKE_BUF_BYTES, s.pkts, _IKE_MAX,
+                                    s.n, s.err))
+        return st, s.messages(), int(s.err[0])
+
+    def feed(self, data: bytes) -> tuple[int, int, list[bytes]]:
+        """Stream bytes read by Python (TLS plaintext): (status, consumed, IKE messages)."""
+        s = self._sink
+        st = int(lib.vpn_dp_conn_feed(self.handle, data, len(data), self._consumed, s.buf,
+                                      _IKE_BUF_BYTES, s.pkts, _IKE_MAX, s.n))
+        return st, int(self._consumed[0]), s.messages()
+
+    def udp_rx(self) -> tuple[int, list[tuple[bytes, tuple[str, int]]], int]:
+        """Read a batch of datagrams: (status, [(IKE message, source)], errno)."""
+        s = self._sink
+        st = int(lib.vpn_dp_udp_rx(self.handle, s.buf, _IKE_BUF_BYTES, s.pkts, _IKE_MAX, s.n,
+                                   s.addrs, _SOCKADDR_BYTES, s.addr_lens, s.err))
+        return st, s.messages_from(), int(s.err[0])
+
+    def rx_counters(self) -> Counters:
+        lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
+        return _counters(self._rxc[0])
+
+
+class DpPeer:
+    """A remote end: its outbound SA, its current connection and (UDP) address."""
+
+    def __init__(self, dp: Dataplane, peer_id: int) -> None:
+        handle = lib.vpn_dp_peer_new(dp.handle, peer_id)
+        if handle == ffi.NULL:
+            raise MemoryError("vpn_dp_peer_new")
+        self.dp = dp
+        self.id = peer_id
+        self.handle = ffi.gc(handle, lib.vpn_dp_peer_free)
+        self._sa: FastSa | None = None
+        self._conn: DpConn | None = None
+        self._routes: set[Network] = set()
+        self._ctr = ffi.new("vpn_dp_peer_counters *")
+        self._addr = ffi.new("uint8_t[]", _SOCKADDR_BYTES)
+
+    def set_sa(self, sa: FastSa | None) -> None:
+        """The outbound SA traffic to this peer is sealed with (swapped on rekey)."""
+        lib.vpn_dp_peer_set_sa(self.handle, sa.handle if sa else ffi.NULL)
+        self._sa = sa
+
+    @property
+    def sa(self) -> FastSa | None:
+        return self._sa
+
+    def set_conn(self, conn: DpConn | None) -> None:
+        lib.vpn_dp_peer_set_conn(self.handle, conn.handle if conn else ffi.NULL)
+        self._conn = conn
+
+    def conn_handle(self) -> object:
+        return lib.vpn_dp_peer_conn(self.handle)
+
+    def set_addr(self, host: str, port: int) -> None:
+        raw = sockaddr_bytes(host, port)
+        lib.vpn_dp_peer_set_addr(self.handle, raw, len(raw))
+
+    def addr(self) -> tuple[str, int] | None:
+        n = int(lib.vpn_dp_peer_get_addr(self.handle, self._addr, _SOCKADDR_BYTES))
+        return sockaddr_tuple(bytes(ffi.buffer(self._addr, n))) if n else None
+
+    def set_follow(self, follow: bool) -> None:
+        """Move the return path to where this peer's traffic last authenticated."""
+        lib.vpn_dp_peer_set_follow(self.handle, int(follow))
+
+    def counters(self) -> dict[str, int]:
+        lib.vpn_dp_peer_get_counters(self.handle, self._ctr)
+        return _struct_dict(self._ctr[0], "vpn_dp_peer_counters")
