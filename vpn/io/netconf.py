@@ -315,9 +315,11 @@ def _rule_spec(args: dict[str, Any]) -> dict[str, Any]:
         "priority": args["priority"],
         "table": args["table"],
     }
-    for k in ("fwmark", "fwmask", "suppress_prefixlength"):
+    for k in ("fwmark", "fwmask"):
         if k in args:
             spec[k] = args[k]
+    if "suppress_prefixlength" in args:
+        spec["suppress_prefixlen"] = args["suppress_prefixlength"]  # FRA_SUPPRESS_PREFIXLEN
     if "src" in args:
         net = ipaddress.ip_network(args["src"], strict=False)
         spec["src"] = str(net.network_address)
