@@ -22,6 +22,8 @@ from vpn.io.netconf import NetConf
 from vpn.io.offload import GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4
 from vpn.io.tun import TunDevice
 
+from . import netns as netns_mod
+from .conftest import require_netns
 from .netns import Lab, Netns, Topology
 
 pytestmark = pytest.mark.netns
@@ -295,3 +297,42 @@ def test_topology_forwards_both_families(topology: Topology) -> None:
     # The router forwards (and sees) the traffic; nothing is routed in the host namespace.
     assert "10.201.2.0/24" in topology.router.ip("route")
     assert topology.router.run(["nft", "list", "ruleset"]).returncode == 0
+
+
+# ---- the namespace helper itself (netns.py; kept here with its first user) ---------------
+
+
+def test_lab_removes_namespaces_and_processes_even_on_failure() -> None:
+    require_netns()
+    with pytest.raises(RuntimeError, match="boom"), Lab() as lab:
+        ns = lab.add("fail")
+        sleeper = ns.popen(["sleep", "60"])
+        names = [n.name for n in lab.namespaces]
+        raise RuntimeError("boom")
+    assert sleeper.poll() is not None  # stopped by PID
+    listed = netns_mod._ip("netns", "list")
+    assert not any(n in listed for n in names)
+
+
+def test_commands_inside_are_bounded_by_a_timeout(lab: Lab) -> None:
+    ns = lab.add("slow")
+    with pytest.raises(subprocess.TimeoutExpired):
+        ns.run(["sleep", "30"], timeout=0.3)
+    assert ns.run(["cat", "/proc/self/net/dev"]).stdout.count(b":") == 1  # only lo here
+
+
+def test_sweep_removes_only_our_stale_namespaces(lab: Lab) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ours = f"{netns_mod.own_prefix()}{dead.pid}-0-stale"
+    foreign = f"vpnt-zz{netns_mod.tag()}-{dead.pid}-0-stale"  # another tag: not ours
+    live = lab.add("live")  # this process is alive: never swept
+    netns_mod._ip("netns", "add", ours)
+    netns_mod._ip("netns", "add", foreign)
+    try:
+        assert netns_mod.sweep_stale() == [ours]
+        listed = netns_mod._ip("netns", "list")
+        assert ours not in listed and foreign in listed and live.name in listed
+    finally:
+        netns_mod._ip("netns", "del", ours, check=False)
+        netns_mod._ip("netns", "del", foreign, check=False)
