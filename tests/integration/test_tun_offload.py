@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import random
 import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,11 +56,12 @@ while True:
 print(n, h.hexdigest(), flush=True)
 """
 
-# Source: connect (retrying until the sink listens), send the deterministic content.
+# Source: connect (retrying until the sink listens), send content_blocks(total, seed).
 SOURCE = """
-import random, socket, sys, time
-addr, port, total, seed, chunk, timeout = sys.argv[1:7]
-port, total, seed, chunk, timeout = int(port), int(total), int(seed), int(chunk), float(timeout)
+import socket, sys, time
+sys.path.insert(0, sys.argv[6])
+from integration.test_tun_offload import content_blocks
+addr, port, total, seed, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 deadline = time.monotonic() + timeout
 while True:
     try:
@@ -67,28 +71,24 @@ while True:
         if time.monotonic() > deadline:
             raise
         time.sleep(0.05)
-sent, i = 0, 0
-while sent < total:
-    block = random.Random(seed * 100003 + i).randbytes(min(chunk, total - sent))
+for block in content_blocks(total, seed):
     c.sendall(block)
-    sent += len(block)
-    i += 1
 c.shutdown(socket.SHUT_WR)
 c.recv(1)
 c.close()
-"""
+"""  # noqa: E501
+
+
+def content_blocks(total: int, seed: int) -> Iterator[bytes]:
+    """``total`` bytes in 1 MiB blocks that never repeat (misplaced data shows)."""
+    for i, at in enumerate(range(0, total, CHUNK)):
+        yield random.Random(seed * 100003 + i).randbytes(min(CHUNK, total - at))
 
 
 def expected_digest(total: int, seed: int) -> str:
-    import random
-
     h = hashlib.sha256()
-    sent, i = 0, 0
-    while sent < total:
-        block = random.Random(seed * 100003 + i).randbytes(min(CHUNK, total - sent))
+    for block in content_blocks(total, seed):
         h.update(block)
-        sent += len(block)
-        i += 1
     return h.hexdigest()
 
 
@@ -158,17 +158,9 @@ def _sink(ns: Netns, addr: str, port: int) -> subprocess.Popen[bytes]:
 
 
 def _source(ns: Netns, addr: str, port: int, seed: int) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-c",
-        SOURCE,
-        addr,
-        str(port),
-        str(TRANSFER_BYTES),
-        str(seed),
-        str(CHUNK),
-        str(DEADLINE_S),
-    ]
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    args = [addr, str(port), str(TRANSFER_BYTES), str(seed), str(DEADLINE_S), tests_dir]
+    argv = [sys.executable, "-c", SOURCE, *args]
     return ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

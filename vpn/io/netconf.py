@@ -25,7 +25,6 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
@@ -83,12 +82,7 @@ class NetConf:
     def __enter__(self) -> NetConf:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -152,15 +146,10 @@ class NetConf:
         if ifname is None and gateway is None:
             raise ValueError("a route needs an interface or a gateway")
         net = ipaddress.ip_network(dst, strict=True)
-        args: dict[str, Any] = {"dst": str(net)}
-        for k, v in (
-            ("ifname", ifname),
-            ("gateway", gateway),
-            ("table", table),
-            ("metric", metric),
-        ):
-            if v is not None:
-                args[k] = v
+        args = {
+            "dst": str(net),
+            **_given(ifname=ifname, gateway=gateway, table=table, metric=metric),
+        }
         self._apply(f"adding route {dst}", lambda: self._ipr.route("add", **self._route_spec(args)))
         self._record(Change("route", args))
 
@@ -183,15 +172,14 @@ class NetConf:
         """
         if family not in (4, 6):
             raise ValueError("family must be 4 or 6")
-        args: dict[str, Any] = {"family": family, "priority": priority, "table": table}
-        for k, v in (
-            ("fwmark", fwmark),
-            ("fwmask", fwmask),
-            ("suppress_prefixlength", suppress_prefixlength),
-            ("src", src),
-        ):
-            if v is not None:
-                args[k] = v
+        args = {
+            "family": family,
+            "priority": priority,
+            "table": table,
+            **_given(
+                fwmark=fwmark, fwmask=fwmask, suppress_prefixlength=suppress_prefixlength, src=src
+            ),
+        }
         if invert:
             args["invert"] = True
         self._apply(f"adding rule {args}", lambda: self._ipr.rule("add", **_rule_spec(args)))
@@ -307,6 +295,11 @@ class NetConf:
             return
         data = {"version": JOURNAL_VERSION, "changes": [asdict(c) for c in self._stack]}
         _atomic_write(self.journal, json.dumps(data, indent=1).encode())
+
+
+def _given(**kw: Any) -> dict[str, Any]:
+    """The keyword arguments that were given (not None): what a Change records."""
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def _rule_spec(args: dict[str, Any]) -> dict[str, Any]:
