@@ -150,3 +150,9 @@ def test_failed_undo_keeps_the_journal(dummy: Netns, tmp_path: Path) -> None:
 def test_route_needs_a_target() -> None:
     with NetConf() as nc, pytest.raises(ValueError, match="interface or a gateway"):
         nc.add_route("10.0.0.0/8")
+
+
+def test_missing_namespace_is_an_error_not_created() -> None:
+    with pytest.raises(OSError):
+        NetConf(netns="vpnt-does-not-exist")
+    assert not Path("/run/netns/vpnt-does-not-exist").exists()

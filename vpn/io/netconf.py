@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ class NetConf:
     def __init__(self, journal: str | Path | None = None, *, netns: str | None = None) -> None:
         self.journal = Path(journal) if journal is not None else None
         self.netns = netns
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        # flags=0: a misspelt namespace is an error, not a new empty namespace.
+        self._ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
         self._stack: list[Change] = []
 
     # -- lifecycle
@@ -249,7 +251,7 @@ class NetConf:
             spec["priority"] = args["metric"]
         return spec
 
-    def _apply(self, what: str, fn: Any) -> None:
+    def _apply(self, what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except NetlinkError as e:
