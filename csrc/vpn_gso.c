@@ -317,6 +317,7 @@ struct gro_flow {
     uint16_t last;
     uint32_t next_seq;
     uint32_t total;    /* IP length of the merged packet so far */
+    uint16_t next_id;  /* IPv4: the ID the next segment must carry */
 };
 
 static uint32_t hash_bytes(uint32_t h, const uint8_t *p, size_t n)
@@ -403,15 +404,19 @@ static int gro_can_append(const uint8_t *h, const struct gro_pkt *gh, const stru
     if (f->total + gp->payload > VPN_GSO_MAX_PACKET)
         return 0;
     if (gh->ver == 4) {
-        /* TOS, TTL, and the DF/reserved flag bits must be equal. */
-        if (h[1] != p[1] || h[8] != p[8] || (h[6] >> 5) != (p[6] >> 5))
+        /* TOS, TTL, and the DF/reserved flag bits must be equal; IDs must increment by
+         * one, as the kernel's resegmentation will restore them (RFC 6864 §4.1). */
+        if (h[1] != p[1] || h[8] != p[8] || (h[6] >> 5) != (p[6] >> 5) ||
+            rd16be(p + 4) != f->next_id)
             return 0;
     } else if (memcmp(h, p, 4) != 0 || h[7] != p[7]) {
         return 0; /* traffic class, flow label, hop limit */
     }
     const uint8_t *th = h + gh->iphl, *tp = p + gp->iphl;
-    /* Same ACK number and identical options (timestamps included), as Linux GRO. */
-    return memcmp(th + 8, tp + 8, 4) == 0 && memcmp(th + 20, tp + 20, gh->thl - 20u) == 0;
+    /* Same ACK number and identical options (timestamps included), as Linux GRO; the
+     * same window too, so that resegmenting gives back exactly the packets received. */
+    return memcmp(th + 8, tp + 8, 4) == 0 && memcmp(th + 14, tp + 14, 2) == 0 &&
+           memcmp(th + 20, tp + 20, gh->thl - 20u) == 0;
 }
 
 static void gro_write_one(const uint8_t *p, size_t len, uint8_t *o)
@@ -485,6 +490,7 @@ static uint32_t gro_chunk(const uint8_t *base, const uint32_t *offs, const uint3
                 f->last = (uint16_t)i;
                 f->next_seq += gp[i].payload;
                 f->total += gp[i].payload;
+                f->next_id++;
                 continue;
             }
             /* Same flow, not appendable: close the group so order within a flow holds. */
@@ -502,6 +508,7 @@ static uint32_t gro_chunk(const uint8_t *base, const uint32_t *offs, const uint3
         fl[nfl].last = (uint16_t)i;
         fl[nfl].next_seq = gp[i].seq + gp[i].payload;
         fl[nfl].total = lens[i];
+        fl[nfl].next_id = (uint16_t)(gp[i].ver == 4 ? rd16be(p + 4) + 1 : 0);
         nfl++;
     }
 

@@ -88,7 +88,15 @@ int vpn_gso_segment_batch(const uint8_t *in, size_t in_stride, const uint32_t *i
                           uint32_t *out_lens, uint32_t max_out, uint32_t *n_consumed,
                           struct vpn_gso_stats *stats);
 
-/* Coalesce IP packets (packet i at base + offs[i], lens[i] bytes) into records
+/* Merge rules: TCP over IPv4 (no options, not a fragment) or IPv6 (no extension
+ * headers); IP and TCP checksums verified first (a bad one passes through alone,
+ * counted); same addresses and ports; IPv4 TOS, TTL, DF and IDs increasing by one, or
+ * IPv6 traffic class, flow label and hop limit; same ACK number, window and TCP options;
+ * flags ACK, or ACK|PSH on the last; seq contiguous; every payload equal to the first
+ * (gso_size) but the last may be shorter; merged IP length <= 65535. A non-mergeable
+ * packet of an open flow closes that flow's group, so a flow's packets keep their order.
+ *
+ * Coalesce IP packets (packet i at base + offs[i], lens[i] bytes) into records
  * [virtio_net_hdr][IP packet] packed into `out`: record j at out + out_offs[j],
  * out_lens[j] bytes, ready for one write() each. Output order is the order of each
  * record's first packet; packets of one flow keep their order.

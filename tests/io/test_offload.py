@@ -380,8 +380,12 @@ def test_coalesce_rules() -> None:
     assert _gso_types([base[0], base[2]]) == [0, 0]
     # Out of order: the later one cannot be prepended.
     assert _gso_types([base[1], base[0]]) == [0, 0]
-    # Different TTL, ACK number, options: no merge.
-    for other in (replace(f, ttl=3), replace(f, ack=5), replace(f, options=b"\x01" * 4)):
+    # IPv4 IDs that do not increment by one: no merge (resegmenting would change them).
+    p1 = tcp_packet(f, 1000, payload_bytes(1000, 1), ip_id=5)
+    assert _gso_types([base[0], p1]) == [0, 0]
+    # Different TTL, ACK number, window, TOS, options, DF: no merge.
+    others = (replace(f, ttl=3), replace(f, ack=5), replace(f, window=9), replace(f, tos=1))
+    for other in (*others, replace(f, options=b"\x01" * 4), replace(f, df=False)):
         p1 = tcp_packet(other, 1000, payload_bytes(1000, 1)[:1000], ip_id=2)
         assert _gso_types([base[0], p1]) == [0, 0]
     # PSH in the middle ends the group; a short segment ends it too.

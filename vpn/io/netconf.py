@@ -23,9 +23,9 @@ import ipaddress
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
@@ -71,7 +71,8 @@ class NetConf:
     def __init__(self, journal: str | Path | None = None, *, netns: str | None = None) -> None:
         self.journal = Path(journal) if journal is not None else None
         self.netns = netns
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        # flags=0: a misspelt namespace is an error, not a new empty namespace.
+        self._ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
         self._stack: list[Change] = []
 
     # -- lifecycle
@@ -83,12 +84,7 @@ class NetConf:
     def __enter__(self) -> NetConf:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -152,15 +148,10 @@ class NetConf:
         if ifname is None and gateway is None:
             raise ValueError("a route needs an interface or a gateway")
         net = ipaddress.ip_network(dst, strict=True)
-        args: dict[str, Any] = {"dst": str(net)}
-        for k, v in (
-            ("ifname", ifname),
-            ("gateway", gateway),
-            ("table", table),
-            ("metric", metric),
-        ):
-            if v is not None:
-                args[k] = v
+        args = {
+            "dst": str(net),
+            **_given(ifname=ifname, gateway=gateway, table=table, metric=metric),
+        }
         self._apply(f"adding route {dst}", lambda: self._ipr.route("add", **self._route_spec(args)))
         self._record(Change("route", args))
 
@@ -183,15 +174,14 @@ class NetConf:
         """
         if family not in (4, 6):
             raise ValueError("family must be 4 or 6")
-        args: dict[str, Any] = {"family": family, "priority": priority, "table": table}
-        for k, v in (
-            ("fwmark", fwmark),
-            ("fwmask", fwmask),
-            ("suppress_prefixlength", suppress_prefixlength),
-            ("src", src),
-        ):
-            if v is not None:
-                args[k] = v
+        args = {
+            "family": family,
+            "priority": priority,
+            "table": table,
+            **_given(
+                fwmark=fwmark, fwmask=fwmask, suppress_prefixlength=suppress_prefixlength, src=src
+            ),
+        }
         if invert:
             args["invert"] = True
         self._apply(f"adding rule {args}", lambda: self._ipr.rule("add", **_rule_spec(args)))
@@ -261,7 +251,7 @@ class NetConf:
             spec["priority"] = args["metric"]
         return spec
 
-    def _apply(self, what: str, fn: Any) -> None:
+    def _apply(self, what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except NetlinkError as e:
@@ -309,15 +299,22 @@ class NetConf:
         _atomic_write(self.journal, json.dumps(data, indent=1).encode())
 
 
+def _given(**kw: Any) -> dict[str, Any]:
+    """The keyword arguments that were given (not None): what a Change records."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def _rule_spec(args: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "family": socket.AF_INET6 if args["family"] == 6 else socket.AF_INET,
         "priority": args["priority"],
         "table": args["table"],
     }
-    for k in ("fwmark", "fwmask", "suppress_prefixlength"):
+    for k in ("fwmark", "fwmask"):
         if k in args:
             spec[k] = args[k]
+    if "suppress_prefixlength" in args:
+        spec["suppress_prefixlen"] = args["suppress_prefixlength"]  # FRA_SUPPRESS_PREFIXLEN
     if "src" in args:
         net = ipaddress.ip_network(args["src"], strict=False)
         spec["src"] = str(net.network_address)

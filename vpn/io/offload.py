@@ -261,6 +261,7 @@ class _Group:
     members: list[int]
     next_seq: int
     total: int
+    next_id: int
 
 
 def _parse(p: bytes) -> tuple[_Parsed, bool]:
@@ -314,12 +315,17 @@ def _can_append(h: bytes, ph: _Parsed, g: _Group, p: bytes, pp: _Parsed, last: _
     if ph.ver == 4:
         if h[1] != p[1] or h[8] != p[8] or h[6] >> 5 != p[6] >> 5:
             return False  # TOS, TTL, DF/reserved bits
+        if struct.unpack_from("!H", p, 4)[0] != g.next_id:
+            return False  # IDs increment by one: resegmenting restores them (RFC 6864 §4.1)
     elif h[:4] != p[:4] or h[7] != p[7]:
         return False  # traffic class, flow label, hop limit
     th, tp = ph.iphl, pp.iphl
-    # Same ACK number and identical options (timestamps included), as Linux GRO.
-    return h[th + 8 : th + 12] == p[tp + 8 : tp + 12] and (
-        h[th + 20 : th + ph.thl] == p[tp + 20 : tp + pp.thl]
+    # Same ACK number and identical options (timestamps included), as Linux GRO; the
+    # same window too, so that resegmenting gives back exactly the packets received.
+    return (
+        h[th + 8 : th + 12] == p[tp + 8 : tp + 12]
+        and h[th + 14 : th + 16] == p[tp + 14 : tp + 16]
+        and h[th + 20 : th + ph.thl] == p[tp + 20 : tp + pp.thl]
     )
 
 
@@ -394,13 +400,15 @@ def _coalesce_chunk(pkts: Sequence[bytes], c: GroCounters) -> list[bytes]:
                 member[i] = True
                 g.next_seq = (g.next_seq + pp.payload) & 0xFFFFFFFF
                 g.total += pp.payload
+                g.next_id = (g.next_id + 1) & 0xFFFF
                 continue
             groups = [x for x in groups if x is not g]  # same flow, not appendable: close it
         if not pp.eligible or pp.psh:
             continue
         if len(groups) == GRO_MAX_FLOWS:
             groups.pop(0)
-        g = _Group(pp.key, [i], (pp.seq + pp.payload) & 0xFFFFFFFF, len(p))
+        next_id = (struct.unpack_from("!H", p, 4)[0] + 1) & 0xFFFF if pp.ver == 4 else 0
+        g = _Group(pp.key, [i], (pp.seq + pp.payload) & 0xFFFFFFFF, len(p), next_id)
         groups.append(g)
         group_of[i] = g.members
 
