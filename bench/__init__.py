@@ -1,0 +1,1 @@
+"""Benchmarks: end-to-end tunnel throughput (`python -m bench.tunnel`)."""
