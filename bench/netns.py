@@ -163,10 +163,23 @@ def namespaces() -> Iterator[Pair]:
             ip("netns", "add", ns)
             created.append(ns)
             ip("link", "set", "lo", "up", ns=ns)
-        ip("link", "add", pair.client_if, "type", "veth", "peer", "name", pair.server_if,
-           "netns", pair.server, ns=pair.client)
-        for ns, dev, a4, a6 in ((pair.client, pair.client_if, pair.client4, pair.client6),
-                                (pair.server, pair.server_if, pair.server4, pair.server6)):
+        ip(
+            "link",
+            "add",
+            pair.client_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.server_if,
+            "netns",
+            pair.server,
+            ns=pair.client,
+        )
+        for ns, dev, a4, a6 in (
+            (pair.client, pair.client_if, pair.client4, pair.client6),
+            (pair.server, pair.server_if, pair.server4, pair.server6),
+        ):
             ip("addr", "add", f"{a4}/{pair.prefix4}", "dev", dev, ns=ns)
             ip("addr", "add", f"{a6}/{pair.prefix6}", "dev", dev, "nodad", ns=ns)
             ip("link", "set", dev, "up", ns=ns)

@@ -91,7 +91,7 @@ def _read_stat(pid: int) -> tuple[int, int, int] | None:
             data = f.read()
     except OSError:
         return None
-    rest = data[data.rindex(b")") + 2:].split()  # comm may hold spaces and parens
+    rest = data[data.rindex(b")") + 2 :].split()  # comm may hold spaces and parens
     return int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19])
 
 
@@ -145,8 +145,9 @@ _RETRY_ERRORS = ("unable to connect", "unable to receive control message", "the 
 IPERF_RETRIES = 5
 
 
-def iperf3(env: RowEnv, target: str, *, seconds: int | None, reverse: bool = False,
-           connect_ms: int = 5000) -> tuple[float, int]:
+def iperf3(
+    env: RowEnv, target: str, *, seconds: int | None, reverse: bool = False, connect_ms: int = 5000
+) -> tuple[float, int]:
     """Run one iperf3 client in the client namespace; (receiver bit/s, bytes received).
 
     `seconds=None` sends 1 KB only (the readiness probe). Errors of the control phase
@@ -162,24 +163,35 @@ def iperf3(env: RowEnv, target: str, *, seconds: int | None, reverse: bool = Fal
     raise AssertionError("unreachable")
 
 
-def _iperf3_once(env: RowEnv, target: str, seconds: int | None, reverse: bool,
-                 connect_ms: int) -> tuple[float, int]:
-    argv = [find_exe("iperf3") or "iperf3", "-c", target, "-p", str(IPERF_PORT), "-J",
-            "--connect-timeout", str(connect_ms)]
+def _iperf3_once(
+    env: RowEnv, target: str, seconds: int | None, reverse: bool, connect_ms: int
+) -> tuple[float, int]:
+    argv = [
+        find_exe("iperf3") or "iperf3",
+        "-c",
+        target,
+        "-p",
+        str(IPERF_PORT),
+        "-J",
+        "--connect-timeout",
+        str(connect_ms),
+    ]
     argv += ["-n", "1K"] if seconds is None else ["-t", str(seconds)]
     if reverse:
         argv.append("-R")
     timeout = (seconds or 0) + IPERF_SLACK
     try:
-        res = subprocess.run(netns.in_ns(env.pair.client, argv), capture_output=True, text=True,
-                             timeout=timeout, check=False)
+        res = subprocess.run(
+            netns.in_ns(env.pair.client, argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise RowError(f"iperf3 to {target}: no result after {timeout:.0f} s") from exc
     try:
         doc = json.loads(res.stdout)
     except json.JSONDecodeError as exc:
-        raise RowError(f"iperf3 to {target}: exit {res.returncode}, no JSON: "
-                       f"{res.stderr.strip()[:200]}") from exc
+        raise RowError(
+            f"iperf3 to {target}: exit {res.returncode}, no JSON: {res.stderr.strip()[:200]}"
+        ) from exc
     if "error" in doc:
         raise RowError(f"iperf3 to {target}: {doc['error']}")
     recv = doc["end"]["sum_received"]
@@ -232,8 +244,9 @@ def row_up(row: Row, pair: netns.Pair, inner: Inner, target: str) -> Iterator[tu
             shutil.rmtree(env.workdir, ignore_errors=True)
 
 
-def measure_once(row: Row, result: RowResult, pair: netns.Pair, inner: Inner, target: str,
-                 seconds: int) -> None:
+def measure_once(
+    row: Row, result: RowResult, pair: netns.Pair, inner: Inner, target: str, seconds: int
+) -> None:
     """One run of one row: up, forward, reverse, down; accumulate into `result`."""
     with row_up(row, pair, inner, target) as (env, pids):
         result.has_daemons = bool(pids)
@@ -263,8 +276,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def summarize(results: list[RowResult], runs: int, seconds: int, family: int) -> list[dict[str, Any]]:
     """The output objects, in row order, with ratios to the reference rows of this run."""
-    med = {r.name: (None if r.error else _median(r.fwd), None if r.error else _median(r.rev))
-           for r in results}
+    med = {
+        r.name: (None if r.error else _median(r.fwd), None if r.error else _median(r.rev)) for r in results
+    }
     out = []
     for r in results:
         fwd, rev = med[r.name]
@@ -274,16 +288,23 @@ def summarize(results: list[RowResult], runs: int, seconds: int, family: int) ->
             "gbps": None if fwd is None else round(fwd, 3),
             "gbps_reverse": None if rev is None else round(rev, 3),
             "cpu_s_per_gb": None if cpu is None else round(cpu, 2),
-            "peak_rss_mb": (round(r.rss_kb / 1024, 1)
-                            if r.has_daemons and r.rss_kb is not None and not r.error else None),
+            "peak_rss_mb": (
+                round(r.rss_kb / 1024, 1) if r.has_daemons and r.rss_kb is not None and not r.error else None
+            ),
         }
         for ref in REFERENCES:
             key = "vs_" + ref.replace("-", "_")
             ref_fwd, ref_rev = med.get(ref, (None, None))
             obj[key] = _ratio(fwd, ref_fwd)
             obj[key + "_reverse"] = _ratio(rev, ref_rev)
-        obj.update(gbps_runs=[round(v, 3) for v in r.fwd], gbps_reverse_runs=[round(v, 3) for v in r.rev],
-                   runs=runs, seconds=seconds, family=family, error=r.error)
+        obj.update(
+            gbps_runs=[round(v, 3) for v in r.fwd],
+            gbps_reverse_runs=[round(v, 3) for v in r.rev],
+            runs=runs,
+            seconds=seconds,
+            family=family,
+            error=r.error,
+        )
         out.append(obj)
     return out
 
@@ -295,10 +316,18 @@ def format_table(objs: list[dict[str, Any]]) -> str:
     head = ("row", "Gbit/s", "reverse", "CPU s/GB", "RSS MB", "vs ovpn", "vs ocserv", "vs veth")
     lines = ["{:<14} {:>8} {:>8} {:>9} {:>7} {:>8} {:>9} {:>8}".format(*head)]
     for o in objs:
-        lines.append("{:<14} {:>8} {:>8} {:>9} {:>7} {:>8} {:>9} {:>8}".format(
-            o["name"], f(o["gbps"], ".3f"), f(o["gbps_reverse"], ".3f"), f(o["cpu_s_per_gb"], ".1f"),
-            f(o["peak_rss_mb"], ".1f"), f(o["vs_openvpn_tcp"], ".2f"), f(o["vs_ocserv_tls"], ".2f"),
-            f(o["vs_veth"], ".3f")))
+        lines.append(
+            "{:<14} {:>8} {:>8} {:>9} {:>7} {:>8} {:>9} {:>8}".format(
+                o["name"],
+                f(o["gbps"], ".3f"),
+                f(o["gbps_reverse"], ".3f"),
+                f(o["cpu_s_per_gb"], ".1f"),
+                f(o["peak_rss_mb"], ".1f"),
+                f(o["vs_openvpn_tcp"], ".2f"),
+                f(o["vs_ocserv_tls"], ".2f"),
+                f(o["vs_veth"], ".3f"),
+            )
+        )
         if o["error"]:
             lines.append(f"  error: {o['error'].splitlines()[0]}")
     return "\n".join(lines)
@@ -308,11 +337,14 @@ def format_table(objs: list[dict[str, Any]]) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.tunnel",
-                                description="iperf3 throughput through each tunnel (see module docstring).")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.tunnel",
+        description="iperf3 throughput through each tunnel (see module docstring).",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per row per line")
-    p.add_argument("--rows", default=",".join(ROWS),
-                   help=f"comma-separated rows, in order (default: {','.join(ROWS)})")
+    p.add_argument(
+        "--rows", default=",".join(ROWS), help=f"comma-separated rows, in order (default: {','.join(ROWS)})"
+    )
     p.add_argument("--runs", type=int, default=3, help="runs per row and direction (default 3)")
     p.add_argument("--seconds", type=int, default=10, help="iperf3 -t per measurement (default 10)")
     p.add_argument("--ipv6", action="store_true", help="iperf3 over the inner IPv6 addresses")
@@ -345,12 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = inner.server6 if args.ipv6 else inner.server4
     rows = [ROWS[n]() for n in args.row_names]
     results = [RowResult(r.name) for r in rows]
-    for row, res in zip(rows, results):
+    for row, res in zip(rows, results, strict=True):
         if pkgs := type(row).missing_packages():
             res.error = f"not installed: {' '.join(pkgs)} (apt-get install {' '.join(pkgs)})"
     with netns.namespaces() as pair:
         for run in range(1, args.runs + 1):
-            for row, res in zip(rows, results):
+            for row, res in zip(rows, results, strict=True):
                 if res.error:
                     continue
                 t0 = time.monotonic()
@@ -360,8 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     res.error = str(exc)
                     print(f"bench: {row.name}: run {run}: FAILED: {exc}", file=sys.stderr)
                     continue
-                print(f"bench: run {run}/{args.runs} {row.name}: {res.fwd[-1]:.3f} Gbit/s, "
-                      f"reverse {res.rev[-1]:.3f} ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
+                print(
+                    f"bench: run {run}/{args.runs} {row.name}: {res.fwd[-1]:.3f} Gbit/s, "
+                    f"reverse {res.rev[-1]:.3f} ({time.monotonic() - t0:.1f} s)",
+                    file=sys.stderr,
+                )
     objs = summarize(results, args.runs, args.seconds, 6 if args.ipv6 else 4)
     if args.json:
         for o in objs:

@@ -94,8 +94,15 @@ class RowEnv:
     def ns(self, side: Side) -> str:
         return self.pair.client if side == "client" else self.pair.server
 
-    def spawn(self, side: Side, argv: Sequence[str], *, name: str,
-              env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> int:
+    def spawn(
+        self,
+        side: Side,
+        argv: Sequence[str],
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> int:
         """Start a long-running process in namespace `side`; return its PID.
 
         Output goes to `workdir/<name>.log` (shown if the row fails). The process runs
@@ -111,7 +118,10 @@ class RowEnv:
             popen = subprocess.Popen(
                 in_ns(self.ns(side), [exe, *argv[1:]]),
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
             )
         self.procs.append(Proc(name, popen, log))
         if stdin is not None:
@@ -121,15 +131,21 @@ class RowEnv:
                 popen.stdin.close()
         return popen.pid
 
-    def run(self, side: Side, argv: Sequence[str], *, input: bytes | None = None,
-            timeout: float = RUN_TIMEOUT) -> str:
+    def run(
+        self, side: Side, argv: Sequence[str], *, input: bytes | None = None, timeout: float = RUN_TIMEOUT
+    ) -> str:
         """Run a short command in namespace `side`; return stdout, raise RowError on failure."""
         exe = find_exe(argv[0])
         if exe is None:
             raise RowError(f"executable {argv[0]!r} not found")
         try:
-            res = subprocess.run(in_ns(self.ns(side), [exe, *argv[1:]]), input=input,
-                                 capture_output=True, timeout=timeout, check=False)
+            res = subprocess.run(
+                in_ns(self.ns(side), [exe, *argv[1:]]),
+                input=input,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise RowError(f"{' '.join(argv)} timed out after {timeout:.0f} s") from exc
         if res.returncode != 0:
@@ -143,8 +159,7 @@ class RowEnv:
         while not check():
             dead = self.dead()
             if dead:
-                raise RowError(f"waiting for {what}: {dead[0].name} exited "
-                               f"with {dead[0].popen.returncode}")
+                raise RowError(f"waiting for {what}: {dead[0].name} exited with {dead[0].popen.returncode}")
             if time.monotonic() > deadline:
                 raise RowError(f"waiting for {what}: timed out after {timeout:.0f} s")
             time.sleep(0.05)

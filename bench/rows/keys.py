@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(cn: str) -> x509.Name:
@@ -48,50 +50,91 @@ def _name(cn: str) -> x509.Name:
 
 def make_pki(workdir: Path, server_ip: str) -> Pki:
     """A CA and server/client leaves for `server_ip`, written under `workdir`."""
-    import ipaddress
-
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("vpnb bench CA")).issuer_name(_name("vpnb bench CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("vpnb bench CA"))
+        .issuer_name(_name("vpnb bench CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
     def leaf(cn: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(start).not_valid_after(end)
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.KeyUsage(digital_signature=True, key_agreement=True,
-                                          key_cert_sign=False, crl_sign=False,
-                                          content_commitment=False, key_encipherment=False,
-                                          data_encipherment=False, encipher_only=False,
-                                          decipher_only=False), critical=True)
-             .add_extension(x509.ExtendedKeyUsage(
-                 [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                 critical=False))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(server_ip))]), critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server_ip))]), critical=False
+            )
         return b.sign(ca_key, hashes.SHA256()), key
 
     server, server_key = leaf("vpnb-server", True)
     client, client_key = leaf("vpnb-client", False)
     pem = serialization.Encoding.PEM
-    pki = Pki(ca=workdir / "ca.pem", server_cert=workdir / "server.pem",
-              server_key=workdir / "server.key", client_cert=workdir / "client.pem",
-              client_key=workdir / "client.key",
-              server_pin="pin-sha256:" + base64.b64encode(hashlib.sha256(
-                  server.public_key().public_bytes(
-                      serialization.Encoding.DER,
-                      serialization.PublicFormat.SubjectPublicKeyInfo)).digest()).decode())
+    pki = Pki(
+        ca=workdir / "ca.pem",
+        server_cert=workdir / "server.pem",
+        server_key=workdir / "server.key",
+        client_cert=workdir / "client.pem",
+        client_key=workdir / "client.key",
+        server_pin="pin-sha256:"
+        + base64.b64encode(
+            hashlib.sha256(
+                server.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            ).digest()
+        ).decode(),
+    )
     pki.ca.write_bytes(ca.public_bytes(pem))
     pki.server_cert.write_bytes(server.public_bytes(pem))
     pki.client_cert.write_bytes(client.public_bytes(pem))
@@ -103,8 +146,9 @@ def make_pki(workdir: Path, server_ip: str) -> Pki:
 def write_x25519(path: Path) -> str:
     """Write a WireGuard private key (base64) to `path` (0600); return the public key (base64)."""
     key = x25519.X25519PrivateKey.generate()
-    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                            serialization.NoEncryption())
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     _write_private(path, base64.b64encode(raw) + b"\n")
     pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(pub).decode()

@@ -17,8 +17,10 @@ from bench.rows.keys import make_pki
 
 PORT = 4443
 USER = "bench"
-TLS_PRIORITIES = ("NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
-                  ":-VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM")
+TLS_PRIORITIES = (
+    "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1"
+    ":-VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM"
+)
 CLIENT_DEV = "ocb0"
 
 _SCRIPT = """#!/bin/sh
@@ -45,56 +47,87 @@ class OcservTls(Row):
         # let them traverse it (keys and the password file stay 0600).
         wd.chmod(0o711)
         password = secrets.token_hex(16)
-        env.run("server", ["ocpasswd", "-c", str(wd / "passwd"), USER],
-                input=f"{password}\n{password}\n".encode())
+        env.run(
+            "server", ["ocpasswd", "-c", str(wd / "passwd"), USER], input=f"{password}\n{password}\n".encode()
+        )
         conf = wd / "ocserv.conf"
-        conf.write_text("\n".join([
-            f'auth = "plain[passwd={wd / "passwd"}]"',
-            f"listen-host = {pair.server4}",
-            f"tcp-port = {PORT}",
-            "run-as-user = nobody",
-            "run-as-group = nogroup",
-            f"socket-file = {wd / 'ocserv.sock'}",
-            f"pid-file = {wd / 'ocserv.pid'}",
-            "isolate-workers = false",
-            "use-occtl = false",
-            f"server-cert = {pki.server_cert}",
-            f"server-key = {pki.server_key}",
-            f"ca-cert = {pki.ca}",
-            "max-clients = 4",
-            "max-same-clients = 2",
-            "keepalive = 32400",
-            "dpd = 90",
-            "try-mtu-discovery = false",
-            f'tls-priorities = "{TLS_PRIORITIES}"',
-            "auth-timeout = 240",
-            "cookie-timeout = 300",
-            "rekey-time = 172800",
-            "rekey-method = ssl",
-            "device = ocsb",
-            "predictable-ips = true",
-            f"ipv4-network = {inner.net4}/{inner.prefix4}",
-            f"ipv6-network = {inner.net6}/{inner.prefix6}",
-            f"route = {inner.net4}/{inner.prefix4}",
-            f"route = {inner.net6}/{inner.prefix6}",
-            "ping-leases = false",
-            "cisco-client-compat = true",
-            "log-level = 1",
-            "",
-        ]))
+        conf.write_text(
+            "\n".join(
+                [
+                    f'auth = "plain[passwd={wd / "passwd"}]"',
+                    f"listen-host = {pair.server4}",
+                    f"tcp-port = {PORT}",
+                    "run-as-user = nobody",
+                    "run-as-group = nogroup",
+                    f"socket-file = {wd / 'ocserv.sock'}",
+                    f"pid-file = {wd / 'ocserv.pid'}",
+                    "isolate-workers = false",
+                    "use-occtl = false",
+                    f"server-cert = {pki.server_cert}",
+                    f"server-key = {pki.server_key}",
+                    f"ca-cert = {pki.ca}",
+                    "max-clients = 4",
+                    "max-same-clients = 2",
+                    "keepalive = 32400",
+                    "dpd = 90",
+                    "try-mtu-discovery = false",
+                    f'tls-priorities = "{TLS_PRIORITIES}"',
+                    "auth-timeout = 240",
+                    "cookie-timeout = 300",
+                    "rekey-time = 172800",
+                    "rekey-method = ssl",
+                    "device = ocsb",
+                    "predictable-ips = true",
+                    f"ipv4-network = {inner.net4}/{inner.prefix4}",
+                    f"ipv6-network = {inner.net6}/{inner.prefix6}",
+                    f"route = {inner.net4}/{inner.prefix4}",
+                    f"route = {inner.net6}/{inner.prefix6}",
+                    "ping-leases = false",
+                    "cisco-client-compat = true",
+                    "log-level = 1",
+                    "",
+                ]
+            )
+        )
         ip = find_exe("ip")
         if ip is None:
             raise RowError("executable 'ip' not found")
         script = wd / "oc-script.sh"
-        script.write_text(_SCRIPT.format(ip=ip, net4=inner.net4, prefix4=inner.prefix4,
-                                         net6=inner.net6, prefix6=inner.prefix6))
+        script.write_text(
+            _SCRIPT.format(
+                ip=ip, net4=inner.net4, prefix4=inner.prefix4, net6=inner.net6, prefix6=inner.prefix6
+            )
+        )
         script.chmod(0o700)
         pids = [env.spawn("server", ["ocserv", "-f", "-c", str(conf)], name="ocserv")]
         server_log = env.procs[-1].log
-        env.wait_for("ocserv listening", lambda: "listening (TCP)" in server_log.read_text(
-            errors="replace"), timeout=15)
-        pids.append(env.spawn("client", [
-            "openconnect", "--no-dtls", "--non-inter", "--passwd-on-stdin", "--user", USER,
-            "--cafile", str(pki.ca), "--servercert", pki.server_pin, "--script", str(script), "--interface", CLIENT_DEV,
-            f"https://{pair.server4}:{PORT}/"], name="openconnect", stdin=f"{password}\n".encode()))
+        env.wait_for(
+            "ocserv listening",
+            lambda: "listening (TCP)" in server_log.read_text(errors="replace"),
+            timeout=15,
+        )
+        pids.append(
+            env.spawn(
+                "client",
+                [
+                    "openconnect",
+                    "--no-dtls",
+                    "--non-inter",
+                    "--passwd-on-stdin",
+                    "--user",
+                    USER,
+                    "--cafile",
+                    str(pki.ca),
+                    "--servercert",
+                    pki.server_pin,
+                    "--script",
+                    str(script),
+                    "--interface",
+                    CLIENT_DEV,
+                    f"https://{pair.server4}:{PORT}/",
+                ],
+                name="openconnect",
+                stdin=f"{password}\n".encode(),
+            )
+        )
         return pids

@@ -22,26 +22,86 @@ class OpenvpnTcp(Row):
     def up(self, env: RowEnv) -> list[int]:
         pair, inner = env.pair, env.inner
         pki = make_pki(env.workdir, pair.server4)
-        common = ["--dev", DEV, "--dev-type", "tun", "--disable-dco", "--data-ciphers", "AES-256-GCM",
-                  "--ca", str(pki.ca), "--verb", "3", "--script-security", "1", "--auth-nocache"]
-        server = ["openvpn", *common, "--proto", "tcp-server", "--local", pair.server4,
-                  "--lport", str(PORT), "--tls-server", "--dh", "none",
-                  "--cert", str(pki.server_cert), "--key", str(pki.server_key),
-                  "--ifconfig", inner.server4, inner.client4,
-                  "--ifconfig-ipv6", f"{inner.server6}/{inner.prefix6}", inner.client6]
-        client = ["openvpn", *common, "--proto", "tcp-client", "--remote", pair.server4, str(PORT),
-                  "--nobind", "--tls-client", "--remote-cert-tls", "server",
-                  "--verify-x509-name", "vpnb-server", "name",
-                  "--connect-retry", "1", "1",
-                  "--cert", str(pki.client_cert), "--key", str(pki.client_key),
-                  "--ifconfig", inner.client4, inner.server4,
-                  "--ifconfig-ipv6", f"{inner.client6}/{inner.prefix6}", inner.server6]
-        pids = [env.spawn("server", server, name="openvpn-server"),
-                env.spawn("client", client, name="openvpn-client")]
+        common = [
+            "--dev",
+            DEV,
+            "--dev-type",
+            "tun",
+            "--disable-dco",
+            "--data-ciphers",
+            "AES-256-GCM",
+            "--ca",
+            str(pki.ca),
+            "--verb",
+            "3",
+            "--script-security",
+            "1",
+            "--auth-nocache",
+        ]
+        server = [
+            "openvpn",
+            *common,
+            "--proto",
+            "tcp-server",
+            "--local",
+            pair.server4,
+            "--lport",
+            str(PORT),
+            "--tls-server",
+            "--dh",
+            "none",
+            "--cert",
+            str(pki.server_cert),
+            "--key",
+            str(pki.server_key),
+            "--ifconfig",
+            inner.server4,
+            inner.client4,
+            "--ifconfig-ipv6",
+            f"{inner.server6}/{inner.prefix6}",
+            inner.client6,
+        ]
+        client = [
+            "openvpn",
+            *common,
+            "--proto",
+            "tcp-client",
+            "--remote",
+            pair.server4,
+            str(PORT),
+            "--nobind",
+            "--tls-client",
+            "--remote-cert-tls",
+            "server",
+            "--verify-x509-name",
+            "vpnb-server",
+            "name",
+            "--connect-retry",
+            "1",
+            "1",
+            "--cert",
+            str(pki.client_cert),
+            "--key",
+            str(pki.client_key),
+            "--ifconfig",
+            inner.client4,
+            inner.server4,
+            "--ifconfig-ipv6",
+            f"{inner.client6}/{inner.prefix6}",
+            inner.server6,
+        ]
+        pids = [
+            env.spawn("server", server, name="openvpn-server"),
+            env.spawn("client", client, name="openvpn-client"),
+        ]
         logs = [p.log for p in env.procs if p.name.startswith("openvpn-")]
-        env.wait_for("OpenVPN 'Initialization Sequence Completed'", lambda: all(
-            "Initialization Sequence Completed" in log.read_text(errors="replace") for log in logs),
-            timeout=30)
+        env.wait_for(
+            "OpenVPN 'Initialization Sequence Completed'",
+            lambda: all(
+                "Initialization Sequence Completed" in log.read_text(errors="replace") for log in logs
+            ),
+            timeout=30,
+        )
         for log in logs:
             text = log.read_text(errors="replace")
             if "Data Channel: cipher 'AES-256-GCM'" not in text:

@@ -31,18 +31,29 @@ class WireguardGo(Row):
         pair, inner = env.pair, env.inner
         pubs = {side: write_x25519(env.workdir / f"{side}.key") for side in ("client", "server")}
         pids = []
-        for side in ("server", "client"):
+        sides: tuple[Side, Side] = ("server", "client")
+        for side in sides:
             dev = self._ifname(env, side)
-            pids.append(env.spawn(side, ["wireguard-go", "-f", dev], name=f"wireguard-go-{side}",
-                                  env=WG_ENV))
-        for side, peer, me4, me6, peer4, peer6 in (
-                ("server", "client", inner.server4, inner.server6, inner.client4, inner.client6),
-                ("client", "server", inner.client4, inner.client6, inner.server4, inner.server6)):
+            pids.append(env.spawn(side, ["wireguard-go", "-f", dev], name=f"wireguard-go-{side}", env=WG_ENV))
+        ends: list[tuple[Side, Side, str, str, str, str]] = [
+            ("server", "client", inner.server4, inner.server6, inner.client4, inner.client6),
+            ("client", "server", inner.client4, inner.client6, inner.server4, inner.server6),
+        ]
+        for side, peer, me4, me6, peer4, peer6 in ends:
             dev = self._ifname(env, side)
             sock = SOCK_DIR / f"{dev}.sock"
             env.wait_for(f"{sock}", sock.exists, timeout=10)
-            argv = ["wg", "set", dev, "private-key", str(env.workdir / f"{side}.key"),
-                    "peer", pubs[peer], "allowed-ips", f"{peer4}/32,{peer6}/128"]
+            argv = [
+                "wg",
+                "set",
+                dev,
+                "private-key",
+                str(env.workdir / f"{side}.key"),
+                "peer",
+                pubs[peer],
+                "allowed-ips",
+                f"{peer4}/32,{peer6}/128",
+            ]
             if side == "server":
                 argv[3:3] = ["listen-port", str(PORT)]
             else:
@@ -54,7 +65,8 @@ class WireguardGo(Row):
         return pids
 
     def down(self, env: RowEnv) -> None:
+        sides: tuple[Side, Side] = ("server", "client")
         env.stop_all()  # wireguard-go removes its socket on SIGTERM; make sure of it
-        for side in ("client", "server"):
+        for side in sides:
             with contextlib.suppress(FileNotFoundError):
                 (SOCK_DIR / f"{self._ifname(env, side)}.sock").unlink()
