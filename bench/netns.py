@@ -74,7 +74,7 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -100,7 +100,7 @@ def _end_pids(pids: Sequence[int], grace: float = TERM_GRACE) -> None:
     deadline = time.monotonic() + grace
     left = list(pids)
     while left and time.monotonic() < deadline:
-        left = [p for p in left if _pid_alive(p)]
+        left = [p for p in left if pid_alive(p)]
         time.sleep(0.05)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
@@ -121,7 +121,7 @@ def sweep_stale() -> list[str]:
     swept = []
     for ns in list_namespaces():
         m = _NAME_RE.match(ns)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             remove(ns)
             swept.append(ns)
     return swept

@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -79,6 +80,16 @@ class RowResult:
     rss_kb: int | None = None
     has_daemons: bool = False
     error: str | None = None
+
+    def add(self, s: Sample) -> None:
+        self.fwd.append(s.fwd_bps / 1e9)
+        self.rev.append(s.rev_bps / 1e9)
+        self.has_daemons = s.has_daemons
+        if s.has_daemons:
+            self.cpu_s += s.cpu_s
+            self.rx_bytes += s.rx_bytes
+            if s.rss_kb is not None:
+                self.rss_kb = max(s.rss_kb, self.rss_kb or 0)
 
 
 # -- /proc accounting -------------------------------------------------------------
@@ -225,7 +236,9 @@ def wait_ready(env: RowEnv, target: str, tunnel: bool) -> None:
 @contextlib.contextmanager
 def row_up(row: Row, pair: netns.Pair, inner: Inner, target: str) -> Iterator[tuple[RowEnv, list[int]]]:
     """Bring `row` up with a fresh iperf3 server and workdir; always tear everything down."""
-    env = RowEnv(pair=pair, inner=inner, workdir=Path(tempfile.mkdtemp(prefix="vpnb-")))
+    env = RowEnv(
+        pair=pair, inner=inner, workdir=Path(tempfile.mkdtemp(prefix=f"{netns.PREFIX}{os.getpid()}-"))
+    )
     try:
         env.spawn("server", ["iperf3", "-s", "-p", str(IPERF_PORT)], name="iperf3-server")
         pids = row.up(env)
@@ -244,23 +257,34 @@ def row_up(row: Row, pair: netns.Pair, inner: Inner, target: str) -> Iterator[tu
             shutil.rmtree(env.workdir, ignore_errors=True)
 
 
-def measure_once(
-    row: Row, result: RowResult, pair: netns.Pair, inner: Inner, target: str, seconds: int
-) -> None:
-    """One run of one row: up, forward, reverse, down; accumulate into `result`."""
+@dataclass(frozen=True)
+class Sample:
+    """One run of one row: both directions."""
+
+    fwd_bps: float
+    rev_bps: float
+    cpu_s: float  # daemons' CPU over both measurements
+    rx_bytes: int  # received over both measurements
+    rss_kb: int | None  # largest VmHWM of one daemon process
+    has_daemons: bool
+
+
+def measure_once(row: Row, pair: netns.Pair, inner: Inner, target: str, seconds: int) -> Sample:
+    """Bring the row up, measure client->server then server->client, tear it down."""
+    bps: list[float] = []
+    cpu_s, rx_bytes, rss_kb = 0.0, 0, None
     with row_up(row, pair, inner, target) as (env, pids):
-        result.has_daemons = bool(pids)
         for reverse in (False, True):
             before = process_tree(pids)
-            bps, nbytes = iperf3(env, target, seconds=seconds, reverse=reverse)
+            rate, nbytes = iperf3(env, target, seconds=seconds, reverse=reverse)
             after = process_tree(pids)
-            if pids:
-                result.cpu_s += cpu_delta_s(before, after)
-                result.rx_bytes += nbytes
-                rss = peak_rss_kb(after)
-                if rss is not None:
-                    result.rss_kb = max(rss, result.rss_kb or 0)
-            (result.rev if reverse else result.fwd).append(bps / 1e9)
+            bps.append(rate)
+            cpu_s += cpu_delta_s(before, after)
+            rx_bytes += nbytes
+            rss = peak_rss_kb(after)
+            if rss is not None:
+                rss_kb = max(rss, rss_kb or 0)
+    return Sample(bps[0], bps[1], cpu_s, rx_bytes, rss_kb, bool(pids))
 
 
 # -- report -----------------------------------------------------------------------
@@ -271,7 +295,8 @@ def _median(values: list[float]) -> float | None:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
+    """a / b to 4 significant digits, or None when either is missing."""
+    return float(f"{a / b:.4g}") if a is not None and b else None
 
 
 def summarize(results: list[RowResult], runs: int, seconds: int, family: int) -> list[dict[str, Any]]:
@@ -358,6 +383,40 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _run_row(
+    row: Row, res: RowResult, run: int, args: argparse.Namespace, pair: netns.Pair, inner: Inner, target: str
+) -> None:
+    """One run of one row, set up afresh once more if it fails; the row's error otherwise."""
+    for attempt in (1, 2):
+        t0 = time.monotonic()
+        try:
+            sample = measure_once(row, pair, inner, target, args.seconds)
+        except RowError as exc:
+            print(f"bench: run {run} {row.name}: attempt {attempt} FAILED: {exc}", file=sys.stderr)
+            if attempt == 2:
+                res.error = str(exc)
+            continue
+        res.add(sample)
+        print(
+            f"bench: run {run}/{args.runs} {row.name}: {res.fwd[-1]:.3f} Gbit/s, "
+            f"reverse {res.rev[-1]:.3f} ({time.monotonic() - t0:.1f} s)",
+            file=sys.stderr,
+        )
+        return
+
+
+def sweep_workdirs() -> list[str]:
+    """Remove work directories left by runs whose process is gone (SIGKILL, crash)."""
+    tmp = Path(tempfile.gettempdir())
+    swept = []
+    for d in tmp.glob(f"{netns.PREFIX}*-*"):
+        m = re.match(rf"^{netns.PREFIX}(\d+)-", d.name)
+        if m and d.is_dir() and not netns.pid_alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+            swept.append(d.name)
+    return swept
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the cleanup of rows and namespaces
 
@@ -373,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    sweep_workdirs()
     inner = Inner()
     target = inner.server6 if args.ipv6 else inner.server4
     rows = [ROWS[n]() for n in args.row_names]
@@ -380,23 +440,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row, res in zip(rows, results, strict=True):
         if pkgs := type(row).missing_packages():
             res.error = f"not installed: {' '.join(pkgs)} (apt-get install {' '.join(pkgs)})"
-    with netns.namespaces() as pair:
-        for run in range(1, args.runs + 1):
-            for row, res in zip(rows, results, strict=True):
-                if res.error:
-                    continue
-                t0 = time.monotonic()
-                try:
-                    measure_once(row, res, pair, inner, target, args.seconds)
-                except RowError as exc:
-                    res.error = str(exc)
-                    print(f"bench: {row.name}: run {run}: FAILED: {exc}", file=sys.stderr)
-                    continue
-                print(
-                    f"bench: run {run}/{args.runs} {row.name}: {res.fwd[-1]:.3f} Gbit/s, "
-                    f"reverse {res.rev[-1]:.3f} ({time.monotonic() - t0:.1f} s)",
-                    file=sys.stderr,
-                )
+    try:
+        with netns.namespaces() as pair:
+            for run in range(1, args.runs + 1):
+                for row, res in zip(rows, results, strict=True):
+                    if not res.error:
+                        _run_row(row, res, run, args, pair, inner, target)
+    except KeyboardInterrupt:
+        print("bench.tunnel: interrupted; everything it started is removed", file=sys.stderr)
+        return 130
     objs = summarize(results, args.runs, args.seconds, 6 if args.ipv6 else 4)
     if args.json:
         for o in objs:
