@@ -61,7 +61,7 @@ from typing import Any
 
 from bench import netns
 from bench.rows import ROWS
-from bench.rows.base import Inner, Row, RowEnv, RowError, find_exe
+from bench.rows.base import Inner, Row, RowEnv, RowError, find_exe, process_tree, vm_hwm_kb
 
 IPERF_PORT = 5201
 READY_TIMEOUT = 30.0  # seconds for a row to pass its first 1 KB
@@ -95,55 +95,13 @@ class RowResult:
 # -- /proc accounting -------------------------------------------------------------
 
 
-def _read_stat(pid: int) -> tuple[int, int, int] | None:
-    """(ppid, utime+stime ticks, starttime) of `pid`, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2 :].split()  # comm may hold spaces and parens
-    return int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19])
-
-
-def _vm_hwm_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def process_tree(roots: Sequence[int]) -> dict[tuple[int, int], int]:
-    """{(pid, starttime): cpu ticks} for `roots` and all their descendants."""
-    stats: dict[int, tuple[int, int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _read_stat(int(entry))) is not None:
-            stats[int(entry)] = st
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    out: dict[tuple[int, int], int] = {}
-    todo = [p for p in roots if p in stats]
-    while todo:
-        pid = todo.pop()
-        _, ticks, start = stats[pid]
-        if (pid, start) not in out:
-            out[(pid, start)] = ticks
-            todo.extend(children.get(pid, []))
-    return out
-
-
 def cpu_delta_s(before: dict[tuple[int, int], int], after: dict[tuple[int, int], int]) -> float:
     """CPU seconds spent between two snapshots (new processes count from zero)."""
     return sum(t - before.get(k, 0) for k, t in after.items()) / CLK_TCK
 
 
 def peak_rss_kb(tree: dict[tuple[int, int], int]) -> int | None:
-    values = [v for pid, _ in tree if (v := _vm_hwm_kb(pid)) is not None]
+    values = [v for pid, _ in tree if (v := vm_hwm_kb(pid)) is not None]
     return max(values, default=None)
 
 
@@ -220,7 +178,7 @@ def wait_ready(env: RowEnv, target: str, tunnel: bool) -> None:
     while True:
         if env.dead():
             p = env.dead()[0]
-            raise RowError(f"{p.name} exited with {p.popen.returncode} before the tunnel was up")
+            raise RowError(f"{p.name} exited with {p.returncode()} before the tunnel was up")
         try:
             _iperf3_once(env, target, None, False, 1000)
             break

@@ -28,11 +28,51 @@ _SCRIPT = """#!/bin/sh
 [ "$reason" = connect ] || exit 0
 {ip} link set dev "$TUNDEV" up mtu "$INTERNAL_IP4_MTU"
 {ip} addr add "$INTERNAL_IP4_ADDRESS/32" dev "$TUNDEV"
-{ip} route replace {net4}/{prefix4} dev "$TUNDEV"
+{ip} route replace {i.net4}/{i.prefix4} dev "$TUNDEV"
 if [ -n "$INTERNAL_IP6_ADDRESS" ]; then
   {ip} -6 addr add "$INTERNAL_IP6_ADDRESS/128" dev "$TUNDEV" nodad
-  {ip} -6 route replace {net6}/{prefix6} dev "$TUNDEV"
+  {ip} -6 route replace {i.net6}/{i.prefix6} dev "$TUNDEV"
 fi
+"""
+
+# Debian's /etc/ocserv/ocserv.conf values, except: paths under the workdir, no UDP
+# (no udp-port), no chroot, no occtl, the inner networks, AES-256-GCM only.
+_CONF = """\
+auth = "plain[passwd={wd}/passwd]"
+listen-host = {listen}
+tcp-port = {port}
+run-as-user = nobody
+run-as-group = nogroup
+socket-file = {wd}/ocserv.sock
+pid-file = {wd}/ocserv.pid
+isolate-workers = true
+use-occtl = false
+server-cert = {pki.server_cert}
+server-key = {pki.server_key}
+ca-cert = {pki.ca}
+max-clients = 16
+max-same-clients = 2
+rate-limit-ms = 100
+keepalive = 32400
+dpd = 90
+mobile-dpd = 1800
+try-mtu-discovery = false
+tls-priorities = "{prio}"
+auth-timeout = 240
+min-reauth-time = 300
+cookie-timeout = 300
+deny-roaming = false
+rekey-time = 172800
+rekey-method = ssl
+log-level = 1
+device = ocsb
+predictable-ips = true
+ipv4-network = {i.net4}/{i.prefix4}
+ipv6-network = {i.net6}/{i.prefix6}
+route = {i.net4}/{i.prefix4}
+route = {i.net6}/{i.prefix6}
+ping-leases = false
+cisco-client-compat = true
 """
 
 
@@ -52,82 +92,27 @@ class OcservTls(Row):
         )
         conf = wd / "ocserv.conf"
         conf.write_text(
-            "\n".join(
-                [
-                    f'auth = "plain[passwd={wd / "passwd"}]"',
-                    f"listen-host = {pair.server4}",
-                    f"tcp-port = {PORT}",
-                    "run-as-user = nobody",
-                    "run-as-group = nogroup",
-                    f"socket-file = {wd / 'ocserv.sock'}",
-                    f"pid-file = {wd / 'ocserv.pid'}",
-                    "isolate-workers = false",
-                    "use-occtl = false",
-                    f"server-cert = {pki.server_cert}",
-                    f"server-key = {pki.server_key}",
-                    f"ca-cert = {pki.ca}",
-                    "max-clients = 4",
-                    "max-same-clients = 2",
-                    "keepalive = 32400",
-                    "dpd = 90",
-                    "try-mtu-discovery = false",
-                    f'tls-priorities = "{TLS_PRIORITIES}"',
-                    "auth-timeout = 240",
-                    "cookie-timeout = 300",
-                    "rekey-time = 172800",
-                    "rekey-method = ssl",
-                    "device = ocsb",
-                    "predictable-ips = true",
-                    f"ipv4-network = {inner.net4}/{inner.prefix4}",
-                    f"ipv6-network = {inner.net6}/{inner.prefix6}",
-                    f"route = {inner.net4}/{inner.prefix4}",
-                    f"route = {inner.net6}/{inner.prefix6}",
-                    "ping-leases = false",
-                    "cisco-client-compat = true",
-                    "log-level = 1",
-                    "",
-                ]
-            )
+            _CONF.format(wd=wd, pki=pki, port=PORT, listen=pair.server4, prio=TLS_PRIORITIES, i=inner)
         )
         ip = find_exe("ip")
         if ip is None:
             raise RowError("executable 'ip' not found")
         script = wd / "oc-script.sh"
-        script.write_text(
-            _SCRIPT.format(
-                ip=ip, net4=inner.net4, prefix4=inner.prefix4, net6=inner.net6, prefix6=inner.prefix6
-            )
-        )
+        script.write_text(_SCRIPT.format(ip=ip, i=inner))
         script.chmod(0o700)
         pids = [env.spawn("server", ["ocserv", "-f", "-c", str(conf)], name="ocserv")]
-        server_log = env.procs[-1].log
+        server_log = env.log_path("ocserv")
+        env.wait_for("ocserv listening", lambda: "listening (TCP)" in server_log.read_text(errors="replace"))
+        # fmt: off
+        client = ["openconnect", "--no-dtls", "--non-inter", "--passwd-on-stdin", "--user", USER,
+                  "--cafile", str(pki.ca), "--servercert", pki.server_pin,
+                  "--script", str(script), "--interface", CLIENT_DEV, f"https://{pair.server4}:{PORT}/"]
+        # fmt: on
+        pids.append(env.spawn("client", client, name="openconnect", stdin=f"{password}\n".encode()))
+        client_log = env.log_path("openconnect")
         env.wait_for(
-            "ocserv listening",
-            lambda: "listening (TCP)" in server_log.read_text(errors="replace"),
-            timeout=15,
+            "openconnect 'CSTP connected'", lambda: "CSTP connected" in client_log.read_text(errors="replace")
         )
-        pids.append(
-            env.spawn(
-                "client",
-                [
-                    "openconnect",
-                    "--no-dtls",
-                    "--non-inter",
-                    "--passwd-on-stdin",
-                    "--user",
-                    USER,
-                    "--cafile",
-                    str(pki.ca),
-                    "--servercert",
-                    pki.server_pin,
-                    "--script",
-                    str(script),
-                    "--interface",
-                    CLIENT_DEV,
-                    f"https://{pair.server4}:{PORT}/",
-                ],
-                name="openconnect",
-                stdin=f"{password}\n".encode(),
-            )
-        )
+        if "-(AES-256-GCM)" not in client_log.read_text(errors="replace"):
+            raise RowError("openconnect: the TLS cipher is not AES-256-GCM")
         return pids

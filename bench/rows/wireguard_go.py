@@ -2,8 +2,8 @@
 
 One wireguard-go process per namespace (`-f`, foreground). Its UAPI socket lives in
 /var/run/wireguard/<ifname>.sock, a directory shared by all namespaces, so the
-interface names carry the run's unique tag. Keys are fresh X25519 pairs per run.
-MTU is wireguard-go's default (1420).
+interface names carry the run's unique tag. Keys are fresh X25519 pairs per run; the
+cipher is WireGuard's only one, ChaCha20-Poly1305. MTU is wireguard-go's default (1420).
 """
 
 from __future__ import annotations
@@ -43,21 +43,13 @@ class WireguardGo(Row):
             dev = self._ifname(env, side)
             sock = SOCK_DIR / f"{dev}.sock"
             env.wait_for(f"{sock}", sock.exists, timeout=10)
-            argv = [
-                "wg",
-                "set",
-                dev,
-                "private-key",
-                str(env.workdir / f"{side}.key"),
-                "peer",
-                pubs[peer],
-                "allowed-ips",
-                f"{peer4}/32,{peer6}/128",
-            ]
-            if side == "server":
-                argv[3:3] = ["listen-port", str(PORT)]
-            else:
-                argv += ["endpoint", f"{pair.server4}:{PORT}"]
+            own = ["listen-port", str(PORT)] if side == "server" else []
+            endpoint = ["endpoint", f"{pair.server4}:{PORT}"] if side == "client" else []
+            key = env.workdir / f"{side}.key"
+            # fmt: off
+            argv = ["wg", "set", dev, "private-key", str(key), *own,
+                    "peer", pubs[peer], "allowed-ips", f"{peer4}/32,{peer6}/128", *endpoint]
+            # fmt: on
             env.run(side, argv)
             env.run(side, ["ip", "addr", "add", f"{me4}/{inner.prefix4}", "dev", dev])
             env.run(side, ["ip", "addr", "add", f"{me6}/{inner.prefix6}", "dev", dev, "nodad"])
