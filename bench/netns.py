@@ -74,14 +74,25 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
 
 
+def is_zombie(pid: int) -> bool:
+    """True if `pid` has exited but is not reaped yet (this machine's init is slow to)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2 :].startswith(b"Z")
+
+
 def pid_alive(pid: int) -> bool:
+    """True if `pid` exists and has not exited."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not is_zombie(pid)
 
 
 def _ns_pids(ns: str) -> list[int]:

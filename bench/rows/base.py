@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from bench.netns import Pair, in_ns
+from bench.netns import Pair, in_ns, is_zombie
 
 Side = Literal["client", "server"]
 
@@ -148,8 +148,8 @@ class Proc:
         """Exit status once it has exited (-1 if adopted and gone), else None."""
         if self.popen is not None:
             return self.popen.poll()
-        st = read_stat(self.pid)
-        return None if st is not None and st[2] == self.start else -1
+        st = read_stat(self.pid)  # an exited orphan may linger as a zombie of init
+        return None if st is not None and st[2] == self.start and not is_zombie(self.pid) else -1
 
     def signal(self, sig: int) -> None:
         if self.returncode() is None:  # never signal a reused PID

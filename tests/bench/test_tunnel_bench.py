@@ -6,10 +6,12 @@ would, from the repository root, as root (network namespaces).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from bench.netns import PREFIX, list_namespaces  # noqa: E402
+from bench.netns import PREFIX, Pair, list_namespaces  # noqa: E402
 from bench.rows import ROWS  # noqa: E402
+from bench.rows.base import Inner, RowEnv, process_tree, read_stat  # noqa: E402
 
 BASELINE = "openvpn-tcp"
 
@@ -82,3 +85,31 @@ def test_unknown_row_is_refused_before_anything_is_created() -> None:
     )
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "veth" in proc.stderr
+
+
+def test_process_accounting_follows_descendants_and_adopted_daemons_are_ended(tmp_path: Path) -> None:
+    # A "daemon" with a worker child (like ocserv), and an orphan (like a self-daemonizing
+    # `vpn up`): the tree counts the child, and stop_all() ends the adopted orphan by PID.
+    with subprocess.Popen(["sh", "-c", "sleep 30 & wait"]) as parent:
+        orphan = int(subprocess.check_output(["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"], timeout=5))
+        try:
+            deadline = time.monotonic() + 5
+            while len(process_tree([parent.pid])) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            tree = process_tree([parent.pid])
+            assert {pid for pid, _ in tree} >= {parent.pid} and len(tree) == 2
+            assert orphan not in {pid for pid, _ in tree}
+            pair = Pair(tag="t", client="unused-c", server="unused-s")
+            env = RowEnv(pair=pair, inner=Inner(), workdir=tmp_path)
+            env.adopt(orphan, "orphan")
+            assert env.dead() == []
+            t0 = time.monotonic()
+            env.stop_all(grace=5)
+            assert time.monotonic() - t0 < 4  # ended by SIGTERM, not after the grace
+            assert env.procs == []
+            stat = read_stat(orphan)
+            assert stat is None or open(f"/proc/{orphan}/stat").read().split(") ")[1][0] == "Z"
+        finally:
+            parent.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, 9)
