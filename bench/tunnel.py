@@ -135,16 +135,8 @@ def iperf3(
 def _iperf3_once(
     env: RowEnv, target: str, seconds: int | None, reverse: bool, connect_ms: int
 ) -> tuple[float, int]:
-    argv = [
-        find_exe("iperf3") or "iperf3",
-        "-c",
-        target,
-        "-p",
-        str(IPERF_PORT),
-        "-J",
-        "--connect-timeout",
-        str(connect_ms),
-    ]
+    exe = find_exe("iperf3") or "iperf3"
+    argv = [exe, "-c", target, "-p", str(IPERF_PORT), "-J", "--connect-timeout", str(connect_ms)]
     argv += ["-n", "1K"] if seconds is None else ["-t", str(seconds)]
     if reverse:
         argv.append("-R")

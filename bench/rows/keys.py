@@ -48,93 +48,84 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(workdir: Path, server_ip: str) -> Pki:
-    """A CA and server/client leaves for `server_ip`, written under `workdir`."""
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("vpnb bench CA"))
-        .issuer_name(_name("vpnb bench CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        key_agreement=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        encipher_only=False,
+        decipher_only=False,
     )
 
-    def leaf(cn: str, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server_ip))]), critical=False
-            )
-        return b.sign(ca_key, hashes.SHA256()), key
 
-    server, server_key = leaf("vpnb-server", True)
-    client, client_key = leaf("vpnb-client", False)
-    pem = serialization.Encoding.PEM
+def _cert(
+    cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    extensions: list[tuple[x509.ExtensionType, bool]],
+) -> x509.Certificate:
+    """A certificate for `key` named `cn`, valid from an hour ago for one day."""
+    now = datetime.datetime.now(datetime.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    for ext, critical in extensions:
+        b = b.add_extension(ext, critical=critical)
+    return b.sign(signer, hashes.SHA256())
+
+
+def make_pki(workdir: Path, server_ip: str) -> Pki:
+    """A CA and server/client leaves (the server's for `server_ip`), written under `workdir`."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert(
+        "vpnb bench CA",
+        ca_key,
+        _name("vpnb bench CA"),
+        ca_key,
+        [(x509.BasicConstraints(ca=True, path_length=0), True), (_key_usage(ca=True), True)],
+    )
+
+    def leaf(
+        cn: str, eku: x509.ObjectIdentifier, *extra: x509.ExtensionType
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        exts: list[tuple[x509.ExtensionType, bool]] = [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (_key_usage(ca=False), True),
+            (x509.ExtendedKeyUsage([eku]), False),
+            *((e, False) for e in extra),
+        ]
+        return _cert(cn, key, ca.subject, ca_key, exts), key
+
+    server, server_key = leaf(
+        "vpnb-server",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server_ip))]),
+    )
+    client, client_key = leaf("vpnb-client", ExtendedKeyUsageOID.CLIENT_AUTH)
+    spki = server.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     pki = Pki(
         ca=workdir / "ca.pem",
         server_cert=workdir / "server.pem",
         server_key=workdir / "server.key",
         client_cert=workdir / "client.pem",
         client_key=workdir / "client.key",
-        server_pin="pin-sha256:"
-        + base64.b64encode(
-            hashlib.sha256(
-                server.public_key().public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-            ).digest()
-        ).decode(),
+        server_pin="pin-sha256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode(),
     )
+    pem = serialization.Encoding.PEM
     pki.ca.write_bytes(ca.public_bytes(pem))
     pki.server_cert.write_bytes(server.public_bytes(pem))
     pki.client_cert.write_bytes(client.public_bytes(pem))
