@@ -174,19 +174,8 @@ def namespaces() -> Iterator[Pair]:
             ip("netns", "add", ns)
             created.append(ns)
             ip("link", "set", "lo", "up", ns=ns)
-        ip(
-            "link",
-            "add",
-            pair.client_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            pair.server_if,
-            "netns",
-            pair.server,
-            ns=pair.client,
-        )
+        veth = f"link add {pair.client_if} type veth peer name {pair.server_if} netns {pair.server}"
+        ip(*veth.split(), ns=pair.client)
         for ns, dev, a4, a6 in (
             (pair.client, pair.client_if, pair.client4, pair.client6),
             (pair.server, pair.server_if, pair.server4, pair.server6),

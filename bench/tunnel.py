@@ -10,10 +10,12 @@ Method (fixed, so numbers are reproducible):
 - Topology: two namespaces `vpnb<PID>-<N>-client` and `-server` joined by one veth
   (MTU 1500, default offloads, outer 198.18.0.1/.2 and 2001:2:0:1::1/::2), created once
   and shared by every row (bench.netns). Inner (tunnel) addresses 198.19.0.1 (server)
-  and .2 (client), 2001:2:0:2::1/::2; `veth` puts them straight on the veth.
+  and .2 (client), 2001:2:0:2::1/::2 (iperf3 uses IPv4 unless `--ipv6`); `veth` puts
+  them straight on the veth.
 - Order: for each run 1..N, for each row in order: bring the row up (fresh keys and
-  daemons; ready when a 1 KB iperf3 transfer to the inner server address succeeds and
-  the client namespace routes that address through something other than the veth),
+  daemons; ready when a 1 KB iperf3 transfer to the inner server address succeeds and,
+  for tunnel rows, the client namespace routes that address through something other
+  than the veth),
   measure client->server, then server->client (`-R`), tear the row down. Runs are thus
   interleaved across rows, so load drift on a shared machine hits all rows alike.
 - One measurement: `iperf3 -c <inner server> -t S -J` (one TCP stream, iperf3 3.12
@@ -32,8 +34,14 @@ Method (fixed, so numbers are reproducible):
   row's `gbps` in the same invocation (null if that row was not run or failed);
   `*_reverse` likewise for `gbps_reverse`. Also `gbps_runs`, `gbps_reverse_runs` (per
   run, in order), `runs`, `seconds`, `family`, `error`.
+- A run that fails (setup, readiness or iperf3 error) is set up afresh and repeated
+  once; a second failure marks the row failed: its numbers are null and `error` says
+  why, with the tail of each daemon's log. iperf3 errors of the control phase (before
+  any data, e.g. the server still resetting after the readiness probe) are retried.
 - Nothing is pinned to a CPU; the machine's other load is not controlled: compare rows
-  within one invocation only.
+  within one invocation only. Kernel work done in softirq context (TCP, veth, TUN
+  receive) is charged to whatever process was running or to none, so `cpu_s_per_gb` undercounts
+  rows whose cost is mostly in the kernel; it compares rows, it is not a total.
 
 Rows (bench/rows/): `veth`, `openvpn-tcp`, `ocserv-tls`, `wireguard-go`; see each
 module for its exact configuration and `bench/rows/base.py` for the row interface.
