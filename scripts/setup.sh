@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
   wireshark-common
   openssl ca-certificates procps psmisc
+  openvpn ocserv openconnect wireguard-go wireguard-tools  # bench/ baseline rows
 )
 
 if [ "$(id -u)" -ne 0 ]; then

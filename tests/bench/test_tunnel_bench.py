@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # bench/ is not an installed package
-    sys.path.insert(0, str(ROOT))
+from bench.netns import PREFIX, Pair, list_namespaces
+from bench.rows import ROWS
+from bench.rows.base import Inner, RowEnv, process_tree, read_stat
 
-from bench.netns import PREFIX, Pair, list_namespaces  # noqa: E402
-from bench.rows import ROWS  # noqa: E402
-from bench.rows.base import Inner, RowEnv, process_tree, read_stat  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 BASELINE = "openvpn-tcp"
 

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# tests/ on the path so that `integration.netns` imports from here as well (pytest's
-# default "prepend" import mode only adds tests/io itself for this directory).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from integration.conftest import require_netns  # noqa: E402
-from integration.netns import Lab, Netns  # noqa: E402
+from tests.integration.conftest import require_netns
+from tests.integration.netns import Lab, Netns
 
 
 @pytest.fixture

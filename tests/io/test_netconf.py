@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from integration.netns import Netns
 
+from tests.integration.netns import Netns
 from vpn.io.netconf import NetConf, NetConfError, NetConfExistsError
 
 pytestmark = pytest.mark.netns

@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
-from integration.netns import Netns
 
+from tests.integration.netns import Netns
 from vpn import fastpath
 from vpn.io import offload as ref
 from vpn.io import tun as tunmod

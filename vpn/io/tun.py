@@ -23,8 +23,8 @@ import os
 import socket
 import struct
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 TUN_PATH = "/dev/net/tun"
 
