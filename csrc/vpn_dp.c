@@ -650,6 +650,29 @@ int vpn_dp_tun_to_net(vpn_dp *dp, int *err)
 
 /* --- receive --------------------------------------------------------------------- */
 
+/* RFC 9329 §6.1 (T44), RFC 7296 §2.23: the return path is where the peer's traffic
+ * last authenticated (only for peers that follow; a client behind NAT does not). */
+static void follow_peer(vpn_dp *dp, vpn_dp_peer *p, vpn_dp_conn *via,
+                        const struct sockaddr_storage *from, socklen_t from_len)
+{
+    if (!p->follow)
+        return;
+    int moved = 0;
+    if (p->conn != via) {
+        p->conn = via;
+        moved = 1;
+    }
+    if (from && (p->addr_len != from_len || !sockaddr_equal(&p->addr, p->addr_len, from, from_len))) {
+        memcpy(&p->addr, from, from_len);
+        p->addr_len = from_len;
+        moved = 1;
+    }
+    if (moved) {
+        p->ctr.moves++;
+        dp->ctr.peer_moves++;
+    }
+}
+
 /* Take one opened inner packet: policy check, follow the peer, queue for the TUN. */
 static void accept_inner(vpn_dp *dp, const vpn_pkt *pk, vpn_dp_conn *via,
                          const struct sockaddr_storage *from, socklen_t from_len)
@@ -676,22 +699,7 @@ static void accept_inner(vpn_dp *dp, const vpn_pkt *pk, vpn_dp_conn *via,
     vpn_dp_peer *p = b->peer;
     p->ctr.rx_packets++;
     p->ctr.rx_bytes += pk->len;
-    if (p->follow) {  /* RFC 9329 §6.1 (T44), RFC 7296 §2.23: latest authenticated path */
-        int moved = 0;
-        if (p->conn != via) {
-            p->conn = via;
-            moved = 1;
-        }
-        if (from && (p->addr_len != from_len || !sockaddr_equal(&p->addr, p->addr_len, from, from_len))) {
-            memcpy(&p->addr, from, from_len);
-            p->addr_len = from_len;
-            moved = 1;
-        }
-        if (moved) {
-            p->ctr.moves++;
-            dp->ctr.peer_moves++;
-        }
-    }
+    follow_peer(dp, p, via, from, from_len);
     if (dp->n_write < DP_MAX_PKTS) {
         dp->w_offs[dp->n_write] = pk->off;
         dp->w_lens[dp->n_write] = pk->len;
@@ -877,6 +885,10 @@ int vpn_dp_udp_rx(vpn_dp_conn *c, uint8_t *ike_buf, size_t ike_cap, vpn_pkt *ike
             socklen_t alen = msgs[slot].msg_hdr.msg_namelen;
             if (pk->kind == VPN_PKT_INNER) {
                 accept_inner(dp, pk, c, &dp->udp_addr[slot], alen);
+            } else if (pk->status == VPN_ST_DUMMY && pk->spi) {  /* authenticated dummy */
+                struct dp_binding *b = binding_find(dp, pk->spi);
+                if (b)
+                    follow_peer(dp, b->peer, c, &dp->udp_addr[slot], alen);
             } else if (pk->kind == VPN_PKT_IKE) {
                 size_t before = *n_ike;
                 take_ike(dp, pk, ike_buf, ike_cap, &used, ike, max_ike, n_ike);

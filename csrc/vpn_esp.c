@@ -25,6 +25,7 @@ struct vpn_esp_sa {
     uint8_t salt[VPN_ESP_SALT_LEN];
     uint64_t seq;             /* out: last sent; in: highest authenticated (window top) */
     uint64_t seq_max;         /* 2^32-1 or 2^64-1 */
+    uint64_t seq_ceiling;     /* outbound: highest number persisted as reserved; 0 = none */
     uint64_t soft_packets, hard_packets, soft_bytes, hard_bytes;
     vpn_esp_sa_stats st;
     uint32_t window;          /* replay window size in packets */
@@ -131,6 +132,10 @@ void vpn_esp_sa_set_seq(vpn_esp_sa *sa, uint64_t seq) {
     }
 }
 
+void vpn_esp_sa_set_seq_ceiling(vpn_esp_sa *sa, uint64_t ceiling) {
+    if (sa) sa->seq_ceiling = ceiling;
+}
+
 /* Lifetime (RFC 4301 §4.4.2.1): soft limit -> flag for the control plane to rekey;
  * hard limit -> the SA refuses further packets. */
 static void account(vpn_esp_sa *sa, size_t inner_len) {
@@ -182,6 +187,10 @@ int vpn_esp_seal(vpn_esp_sa *sa, const uint8_t *in, size_t in_len, int next_head
     }
     if (in_len > VPN_ESP_MAX_INNER) return VPN_ST_TOO_BIG;
     if (sa->st.flags & VPN_SA_HARD_EXPIRED) { sa->st.refused++; return VPN_ST_HARD_EXPIRED; }
+    if (sa->seq_ceiling && sa->seq >= sa->seq_ceiling) {  /* manual keys: not yet reserved */
+        sa->st.refused++;
+        return VPN_ST_SEQ_EXHAUSTED;
+    }
     if (sa->seq >= sa->seq_max) {  /* RFC 4303 §3.3.3: the counter MUST NOT cycle */
         sa->st.flags |= VPN_SA_SEQ_EXHAUSTED;
         sa->st.refused++;

@@ -129,6 +129,10 @@ uint32_t vpn_esp_sa_spi(const vpn_esp_sa *sa);
 /* Outbound: the next packet gets seq + 1. Inbound: seq becomes the window top and the
  * window is cleared. For tests (crossing 2^32) and benchmarks. */
 void vpn_esp_sa_set_seq(vpn_esp_sa *sa, uint64_t seq);
+/* Outbound: never send a sequence number above `ceiling` (0 = no ceiling); sealing
+ * beyond it is refused (VPN_ST_SEQ_EXHAUSTED, counted as refused, no flag set). Manual
+ * keying persists reservations and raises the ceiling as they are written (RFC 4106 §2). */
+void vpn_esp_sa_set_seq_ceiling(vpn_esp_sa *sa, uint64_t ceiling);
 
 /* Seal one inner packet: writes SPI | seq | IV | ciphertext | ICV to out and the ESP
  * packet length to *out_len. next_header VPN_NH_AUTO takes it from the IP version

@@ -102,6 +102,7 @@ static int process_msg(vpn_sa_table *table, const uint8_t *m, size_t mlen, uint8
     size_t ilen = 0;
     uint8_t nh = 0;
     int st = vpn_esp_open(sa, m, mlen, out, out_cap, &ilen, &nh);
+    if (st == VPN_ST_DUMMY) d->spi = spi;  /* authenticated: the dataplane may follow it */
     if (st != VPN_OK) return st;
     d->len = (uint32_t)ilen;
     d->kind = VPN_PKT_INNER;

@@ -171,6 +171,10 @@ class FastSa:
         """Outbound: the next packet gets seq + 1. Inbound: seq becomes the window top."""
         lib.vpn_esp_sa_set_seq(self.handle, seq)
 
+    def set_seq_ceiling(self, ceiling: int) -> None:
+        """Outbound: refuse to send any sequence number above `ceiling` (0 = none)."""
+        lib.vpn_esp_sa_set_seq_ceiling(self.handle, ceiling)
+
     def seal(self, inner: bytes, next_header: int = 0) -> bytes:
         """One ESP packet (0 = Next Header from the IP version). Raises EspDropped."""
         st = lib.vpn_esp_seal(
