@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from vpn import __version__, config
-from vpn.io import control
+from vpn.io import control, paths
 
-RUN_DIR = Path("/run/vpn")
 UP_TIMEOUT_S = 60.0
 
 
@@ -37,8 +36,7 @@ def _pick_name(name: str | None) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # validate before forking: errors go to the user
-    RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = RUN_DIR / f"{cfg.name}.log"
+    log_path = paths.log_path(cfg.name)
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "vpn.daemon", str(Path(args.config).resolve()), "--ready-fd", str(write_fd)]
     if args.export_keys:
