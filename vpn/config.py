@@ -190,6 +190,18 @@ class TransportConfig:
     local: str | None
     local_port: int | None
     fallback_after_s: float
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS around the stream (RFC 9329 Appendix A)."""
+
+    server_name: str | None = None  # client: name checked against the certificate
+    cafile: Path | None = None  # client: CA that signs the server certificate
+    pin_sha256: bytes | None = None  # client: or the SHA-256 of the server certificate
+    certfile: Path | None = None  # server: certificate chain (PEM)
+    keyfile: Path | None = None  # server: private key (PEM, mode 0600)
 
 
 @dataclass(frozen=True, repr=False)
@@ -244,9 +256,9 @@ def load(path: str | os.PathLike[str]) -> Config:
     manual = None
     if mode == "manual":
         manual = _manual(top.sub("manual", required=True), p)
-        if transport.protocol not in ("tcp", "udp"):
-            raise top.error("transport.protocol", f"{transport.protocol!r} needs mode = \"ike\"",
-                            "manual mode supports tcp and udp")
+        if transport.protocol == "auto":
+            raise top.error("transport.protocol", "\"auto\" needs mode = \"ike\"",
+                            "manual mode supports tcp, tls and udp")
     else:
         raise top.error("mode", "\"ike\" is not available in this version", "use mode = \"manual\"")
     top.finish()
@@ -284,9 +296,43 @@ def _transport(sec: _Section, mode: str) -> TransportConfig:
     fallback = sec.get("fallback_after", float, 4.0)
     if not 0.5 <= fallback <= 120:
         raise sec.error("fallback_after", f"{fallback} s is out of range", "use 0.5..120 seconds")
+    tls = _tls(sec, role, remote) if protocol in ("tls", "auto") else None
     sec.finish()
     return TransportConfig(protocol=protocol, role=role, remote=remote, port=port, local=local,
-                           local_port=local_port, fallback_after_s=fallback)
+                           local_port=local_port, fallback_after_s=fallback, tls=tls)
+
+
+def _path_key(sec: _Section, k: str, *, secret: bool = False) -> Path | None:
+    text = sec.get(k, str)
+    if text is None:
+        return None
+    p = Path(text) if os.path.isabs(text) else sec.path.parent / text
+    if not p.exists():
+        raise sec.error(k, f"{p} does not exist", "give the path of an existing file")
+    if secret:
+        check_secret_file(p)
+    return p
+
+
+def _tls(sec: _Section, role: str, remote: str | None) -> TlsConfig:
+    if role == "listen":
+        cert, key = _path_key(sec, "tls_cert"), _path_key(sec, "tls_key", secret=True)
+        if cert is None or key is None:
+            missing = "tls_cert" if cert is None else "tls_key"
+            raise sec.error(missing, "is required for a TLS server", "give the PEM certificate and key")
+        return TlsConfig(certfile=cert, keyfile=key)
+    pin_text = sec.get("tls_pin_sha256", str)
+    pin = None
+    if pin_text is not None:
+        try:
+            pin = bytes.fromhex(pin_text.replace(":", ""))
+        except ValueError:
+            pin = b""
+        if len(pin) != 32:
+            raise sec.error("tls_pin_sha256", "is not a SHA-256 in hex",
+                            "use `openssl x509 -in cert.pem -outform der | sha256sum`")
+    return TlsConfig(server_name=sec.get("tls_server_name", str, remote), cafile=_path_key(sec, "tls_ca"),
+                     pin_sha256=pin)
 
 
 def _manual(sec: _Section, cfg_path: Path) -> ManualConfig:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from vpn.io import control, paths
 from vpn.io.netconf import NetConf
 from vpn.io.seqstate import SEQ_BLOCK_PACKETS, SeqReservation, SeqStateError, state_path
 from vpn.io.stream import Backoff, StreamLink, StreamServer, listen, open_connection
+from vpn.io.tls import TlsClientSettings, TlsLink, client_context, server_context
 from vpn.io.tun import TunDevice, TunError
 from vpn.io.udp import UdpLink, udp_socket
 
@@ -126,6 +128,21 @@ class ManualTunnel:
         self._last_announce = 0.0
         self.connected = asyncio.Event()
         self._nc_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netconf")
+        self.tls_context: ssl.SSLContext | None = None
+        self.tls_settings: TlsClientSettings | None = None
+        self.tls_session: ssl.SSLSession | None = None
+        self.tls_handshakes = 0
+        self.tls_resumed = 0
+        tls = cfg.transport.tls
+        if cfg.transport.protocol == "tls" and tls is not None:
+            if cfg.transport.role == "listen":
+                assert tls.certfile is not None and tls.keyfile is not None
+                self.tls_context = server_context(str(tls.certfile), str(tls.keyfile))
+            else:
+                self.tls_settings = TlsClientSettings(
+                    server_name=tls.server_name, cafile=str(tls.cafile) if tls.cafile else None,
+                    pin_sha256=tls.pin_sha256)
+                self.tls_context = client_context(self.tls_settings)
 
     # -- bring-up ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -234,7 +251,8 @@ class ManualTunnel:
             self.peer.set_conn(link.conn)
             self._announce_on(link)
             self._event(f"connected to {tr.remote}:{tr.port}")
-            self.connected.set()
+            if self.tls_context is None:
+                self.connected.set()
             reason = await link.closed
             self.peer.set_conn(None)
             if self._stopping:
@@ -264,11 +282,29 @@ class ManualTunnel:
         return link
 
     def _new_link(self, sock: socket.socket, *, originator: bool) -> StreamLink:
-        link = StreamLink(self.loop, self.dp, sock, originator=originator,
-                          on_ike=self._on_stream_ike, on_closed=self._on_link_closed,
-                          on_rx=self._on_link_rx, on_drained=self._on_drained)
+        common: dict[str, Any] = dict(originator=originator, on_ike=self._on_stream_ike,
+                                      on_closed=self._on_link_closed, on_rx=self._on_link_rx,
+                                      on_drained=self._on_drained)
+        link: StreamLink
+        if self.tls_context is not None:
+            link = TlsLink(self.loop, self.dp, sock, context=self.tls_context, settings=self.tls_settings,
+                           session=self.tls_session if originator else None,
+                           on_session=self._save_session, on_handshake=self._on_handshake, **common)
+        else:
+            link = StreamLink(self.loop, self.dp, sock, **common)
         self.links.append(link)
         return link
+
+    def _save_session(self, session: ssl.SSLSession) -> None:
+        self.tls_session = session  # offered on the next connection (RFC 9329 App. B.3)
+
+    def _on_handshake(self, link: TlsLink) -> None:
+        self.tls_handshakes += 1
+        self.tls_resumed += int(link.session_reused)
+        if link.originator:
+            self._event(f"TLS {link.tls_version} established"
+                        + (" (session resumed)" if link.session_reused else ""))
+            self.connected.set()
 
     def _on_link_rx(self, link: StreamLink) -> None:
         if link.authenticated:
@@ -347,6 +383,8 @@ class ManualTunnel:
             "tun_paused": bool(self.pump and self.pump.paused),
             "uptime_s": round(time.time() - self.started, 1),
             "connections": len([lk for lk in self.links if lk.is_open]),
+            "tls": {"handshakes": self.tls_handshakes, "resumed": self.tls_resumed}
+            if self.tls_context is not None else None,
             "sas": [
                 {"dir": "out", "spi": f"{out.spi:08x}", "seq": out.seq, "packets": out.packets,
                  "bytes": out.bytes, "refused": out.refused},

@@ -55,6 +55,7 @@ class StreamLink:
         on_closed: Callable[[StreamLink, str], None],
         on_rx: Callable[[StreamLink], None] | None = None,
         on_drained: Callable[[], None] | None = None,
+        kind: int = fp.DP_CONN_TCP,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -68,7 +69,7 @@ class StreamLink:
         self.closed = asyncio.get_running_loop().create_future()
         self.peername = _peer(sock)
         tune_stream_socket(sock)
-        self.conn = dp.conn(fp.DP_CONN_TCP, sock.fileno(), expect_prefix=not originator)
+        self.conn = dp.conn(kind, sock.fileno(), expect_prefix=not originator)
         self._writing = False
         self._open = True
         if originator:
