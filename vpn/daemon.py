@@ -132,6 +132,7 @@ class ManualTunnel:
         self.tls_settings: TlsClientSettings | None = None
         self.tls_session: ssl.SSLSession | None = None
         self.tls_handshakes = 0
+        self.startup_failure: str | None = None
         self.tls_resumed = 0
         tls = cfg.transport.tls
         if cfg.transport.protocol == "tls" and tls is not None:
@@ -231,6 +232,8 @@ class ManualTunnel:
         self._tasks.append(asyncio.create_task(self._client_loop()))
         try:
             await asyncio.wait_for(self.connected.wait(), 15)
+            if self.startup_failure:
+                raise StartupError(self.startup_failure)
         except TimeoutError:
             raise StartupError(f"cannot reach {tr.remote}:{tr.port} over TCP: "
                                f"{self.events[-1] if self.events else 'no answer'}") from None
@@ -256,6 +259,11 @@ class ManualTunnel:
             reason = await link.closed
             self.peer.set_conn(None)
             if self._stopping:
+                return
+            if not self.connected.is_set() and reason.startswith("TLS"):
+                # the server is not who it should be: fail `vpn up` now, do not retry
+                self.startup_failure = reason
+                self.connected.set()
                 return
             if time.monotonic() - link.opened_at > 10:
                 backoff.reset()

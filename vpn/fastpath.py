@@ -776,8 +776,9 @@ class DpConn:
     def close(self) -> None:
         """Detach from the dataplane now (the fd is the caller's to close)."""
         if self.handle is not None:
-            lib.vpn_dp_conn_free(ffi.gc(self.handle, None))
-            self.handle = None
+            handle, self.handle = self.handle, None
+            ffi.gc(handle, None)  # detach the destructor, then free now
+            lib.vpn_dp_conn_free(handle)
 
     # output ------------------------------------------------------------------------------
     def send_ike(self, message: bytes) -> bool:
