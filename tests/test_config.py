@@ -108,3 +108,94 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         config.load(write(tmp_path, "name = = 1"))
     with pytest.raises(ConfigError, match="file not found"):
         config.load(tmp_path / "nope.toml")
+
+
+IKE_CLIENT = """
+name = "work"
+mode = "ike"
+
+[transport]
+protocol = "auto"
+remote = "vpn.example"
+
+[tunnel]
+full_tunnel = true
+kill_switch = true
+
+[ike]
+identity = "alice@example"
+remote_identity = "vpn.example"
+psk_file = "alice.psk"
+"""
+
+IKE_SERVER = """
+name = "srv"
+mode = "ike"
+
+[tunnel]
+addresses = ["10.10.0.1/24"]
+
+[server]
+identity = "vpn.example"
+psk_file = "alice.psk"
+tls_port = 0
+pool4 = "10.10.0.0/24"
+dns = ["10.10.0.1"]
+
+[[client]]
+identity = "alice@example"
+psk_file = "alice.psk"
+
+[[client]]
+identity = "bob@example"
+psk = "bob-secret-bob-secret-0123"
+"""
+
+
+def test_ike_client_config(tmp_path: Path) -> None:
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    cfg = config.load(write(tmp_path, IKE_CLIENT, mode=0o644))
+    assert cfg.mode == "ike" and cfg.ike is not None and cfg.net is not None
+    assert cfg.ike.credentials.psk == b"0123456789abcdef0123"
+    assert cfg.transport.protocol == "auto" and cfg.ike.fallback == "tcp"
+    assert cfg.net.full_tunnel and cfg.net.kill_switch and cfg.net.dns
+    assert "0123456789" not in repr(cfg)
+
+
+def test_ike_server_config(tmp_path: Path) -> None:
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    cfg = config.load(write(tmp_path, IKE_SERVER))
+    assert cfg.server is not None and cfg.ike is None
+    assert [c.identity for c in cfg.server.clients] == ["alice@example", "bob@example"]
+    assert cfg.server.clients[1].psk == b"bob-secret-bob-secret-0123"
+    assert str(cfg.server.pool4) == "10.10.0.0/24" and cfg.server.tcp_port == 4500
+    assert cfg.server.udp and cfg.server.tls_port == 0
+    assert "bob-secret" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    "text,old,new,key,words",
+    [
+        (IKE_CLIENT, 'psk_file = "alice.psk"', 'psk = "short"', "[ike] psk", "16 bytes"),
+        (IKE_CLIENT, 'psk_file = "alice.psk"', "", "[ike] psk", "no credentials"),
+        (IKE_CLIENT, 'psk_file = "alice.psk"', 'psk_file = "nope.psk"', "[ike] psk_file", "does not exist"),
+        (IKE_CLIENT, 'protocol = "auto"', 'protocol = "tcp"\nrole = "listen"', "transport.role", "vpn serve"),
+        (IKE_SERVER, 'pool4 = "10.10.0.0/24"', "", "[server] pool4", "no address pool"),
+        (IKE_SERVER, "tls_port = 0", "tls_port = 443", "[server] tls_cert", "tls_port"),
+        (IKE_SERVER, 'identity = "bob@example"', 'identiy = "bob@example"', "[client.1] identity",
+         "required"),
+    ],
+)
+def test_ike_errors(tmp_path: Path, text: str, old: str, new: str, key: str, words: str) -> None:
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    assert old in text
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text.replace(old, new, 1)))
+    assert e.value.key == key, str(e.value)
+    assert words in str(e.value)
+
+
+def test_world_readable_psk_file_refused(tmp_path: Path) -> None:
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk", mode=0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        config.load(write(tmp_path, IKE_CLIENT))

@@ -226,6 +226,74 @@ class ManualConfig:
     state_dir: Path
 
 
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """How this side authenticates (RFC 7296 §2.15): a PSK, or a certificate and key.
+    `ca` is what the peer's certificate must chain to."""
+
+    psk: bytes | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    def __repr__(self) -> str:  # never print the PSK
+        return (f"Credentials(psk={'<set>' if self.psk else None}, cert={self.cert}, key={self.key}, "
+                f"ca={self.ca})")
+
+
+@dataclass(frozen=True)
+class IkeConfig:
+    """The IKE side of a client (`vpn up`)."""
+
+    identity: str
+    remote_identity: str | None
+    credentials: Credentials
+    ipv6: bool
+    dpd_s: float
+    child_rekey_s: float
+    ike_rekey_s: float
+    fallback: str  # auto: "tcp" or "tls"
+
+
+@dataclass(frozen=True)
+class ClientEntry:
+    """One client a server accepts: its identity and PSK (or a certificate, via the CA)."""
+
+    identity: str
+    psk: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """`vpn serve`: listeners, pools, forwarding, the clients it accepts."""
+
+    identity: str
+    credentials: Credentials
+    listen: str | None
+    udp: bool
+    tcp_port: int
+    tls_port: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    pool4: ipaddress.IPv4Network | None
+    pool6: ipaddress.IPv6Network | None
+    dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    uplink: str | None
+    mss_clamp: bool
+    clients: tuple[ClientEntry, ...]
+    dpd_s: float
+
+
+@dataclass(frozen=True)
+class ClientNetConfig:
+    """What a client does with its tunnel: full or split routing, DNS, kill switch."""
+
+    full_tunnel: bool
+    dns: bool
+    kill_switch: bool
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole validated configuration file."""
@@ -236,6 +304,9 @@ class Config:
     tunnel: TunnelConfig
     transport: TransportConfig
     manual: ManualConfig | None = None
+    ike: IkeConfig | None = None
+    server: ServerConfig | None = None
+    net: ClientNetConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -251,18 +322,139 @@ def load(path: str | os.PathLike[str]) -> Config:
     if not NAME_RE.match(name):
         raise top.error("name", f"{name!r} is not a valid name", "use 1-15 of a-z A-Z 0-9 _ . -")
     mode = top.choice("mode", ("manual", "ike"))
-    tunnel = _tunnel(top.sub("tunnel", required=True), name)
-    transport = _transport(top.sub("transport", required=True), mode)
-    manual = None
+    is_server = mode == "ike" and "server" in top.data
+    tunnel_sec = top.sub("tunnel", required=mode == "manual")
+    net = None
+    if mode == "ike" and not is_server:
+        net = ClientNetConfig(full_tunnel=tunnel_sec.get("full_tunnel", bool, True),
+                              dns=tunnel_sec.get("dns", bool, True),
+                              kill_switch=tunnel_sec.get("kill_switch", bool, False))
+    tunnel = _tunnel(tunnel_sec, name)
+    manual = ike = server = None
+    if is_server:
+        server = _server(top.sub("server", required=True), top, p)
+        transport = TransportConfig(protocol="any", role="listen", remote=None, port=server.tcp_port,
+                                    local=server.listen, local_port=None, fallback_after_s=0.0)
+        if "transport" in top.data:
+            raise top.error("transport", "is not used by a server",
+                            "set listen, udp, tcp_port and tls_port in [server]")
+    else:
+        transport = _transport(top.sub("transport", required=True), mode)
     if mode == "manual":
         manual = _manual(top.sub("manual", required=True), p)
         if transport.protocol == "auto":
             raise top.error("transport.protocol", "\"auto\" needs mode = \"ike\"",
                             "manual mode supports tcp, tls and udp")
-    else:
-        raise top.error("mode", "\"ike\" is not available in this version", "use mode = \"manual\"")
+    elif not is_server:
+        if transport.role != "connect":
+            raise top.error("transport.role", "an IKE client connects",
+                            "use `vpn serve` with a [server] table for the server side")
+        ike = _ike(top.sub("ike", required=True))
     top.finish()
-    return Config(path=p, name=name, mode=mode, tunnel=tunnel, transport=transport, manual=manual)
+    return Config(path=p, name=name, mode=mode, tunnel=tunnel, transport=transport, manual=manual,
+                  ike=ike, server=server, net=net)
+
+
+def _secret_bytes(sec: _Section, inline_key: str, file_key: str) -> bytes | None:
+    """A secret given inline (the config file must then be private) or in a file."""
+    inline = sec.get(inline_key, str)
+    path = _path_key(sec, file_key, secret=True)
+    if inline is not None and path is not None:
+        raise sec.error(inline_key, f"and {file_key} are both set", "keep one of them")
+    if inline is not None:
+        check_secret_file(sec.path)
+        value = inline.encode()
+    elif path is not None:
+        value = path.read_bytes().strip()
+    else:
+        return None
+    if len(value) < 16:
+        raise sec.error(inline_key if inline is not None else file_key, "is shorter than 16 bytes",
+                        "use a long random secret, e.g. `openssl rand -base64 32`")
+    return value
+
+
+def _credentials(sec: _Section, *, need_ca: bool) -> Credentials:
+    psk = _secret_bytes(sec, "psk", "psk_file")
+    cert, key = _path_key(sec, "cert"), _path_key(sec, "key", secret=True)
+    ca = _path_key(sec, "ca")
+    if (cert is None) != (key is None):
+        raise sec.error("key" if key is None else "cert", "is missing", "give both cert and key")
+    if psk is None and cert is None and need_ca and ca is None:
+        raise sec.error("psk", "no credentials", "set psk_file (or psk), or cert + key + ca")
+    return Credentials(psk=psk, cert=cert, key=key, ca=ca)
+
+
+def _ike(sec: _Section) -> IkeConfig:
+    identity = sec.get("identity", str, required=True)
+    creds = _credentials(sec, need_ca=True)
+    if creds.psk is None and creds.ca is None:
+        raise sec.error("ca", "is required to check the server's certificate",
+                        "give the CA certificate (PEM) that signed the server's certificate")
+    fallback = sec.choice("fallback", ("tcp", "tls"), "tcp")
+    ike = IkeConfig(
+        identity=identity,
+        remote_identity=sec.get("remote_identity", str),
+        credentials=creds,
+        ipv6=sec.get("ipv6", bool, False),
+        dpd_s=float(sec.int_range("dpd", 0, 3600, 30, why="0 turns liveness checks off")),
+        child_rekey_s=float(sec.int_range("rekey", 60, 86400, 3600)),
+        ike_rekey_s=float(sec.int_range("ike_rekey", 300, 7 * 86400, 4 * 3600)),
+        fallback=fallback,
+    )
+    sec.finish()
+    return ike
+
+
+def _server(sec: _Section, top: _Section, path: Path) -> ServerConfig:
+    identity = sec.get("identity", str, required=True)
+    creds = _credentials(sec, need_ca=False)
+    pool4 = sec.get("pool4", str)
+    pool6 = sec.get("pool6", str)
+    p4 = _parse(sec, "pool4", pool4, lambda t: ipaddress.IPv4Network(t), "an IPv4 prefix") if pool4 else None
+    p6 = _parse(sec, "pool6", pool6, lambda t: ipaddress.IPv6Network(t), "an IPv6 prefix") if pool6 else None
+    if p4 is None and p6 is None:
+        raise sec.error("pool4", "no address pool", "set pool4 (and/or pool6), e.g. pool4 = \"10.10.0.0/24\"")
+    tls_port = sec.int_range("tls_port", 0, 65535, 443, why="0 turns TLS off")
+    tls_cert, tls_key = _path_key(sec, "tls_cert"), _path_key(sec, "tls_key", secret=True)
+    if tls_port and (tls_cert is None or tls_key is None):
+        tls_cert, tls_key = tls_cert or creds.cert, tls_key or creds.key
+        if tls_cert is None or tls_key is None:
+            raise sec.error("tls_cert", "is required while tls_port is on",
+                            "give tls_cert and tls_key (PEM), or set tls_port = 0")
+    clients = []
+    for i, entry in enumerate(top.get("client", list, [])):
+        if not isinstance(entry, dict):
+            raise top.error("client", "must be an array of tables", "write [[client]] sections")
+        csec = _Section(path, f"client.{i}", entry)
+        clients.append(ClientEntry(identity=csec.get("identity", str, required=True),
+                                   psk=_secret_bytes(csec, "psk", "psk_file")))
+        csec.finish()
+    if creds.psk is None and creds.cert is None:
+        raise sec.error("cert", "the server needs credentials", "set cert + key (or psk_file)")
+    server = ServerConfig(
+        identity=identity,
+        credentials=creds,
+        listen=sec.get("listen", str),
+        udp=sec.get("udp", bool, True),
+        tcp_port=sec.int_range("tcp_port", 0, 65535, DEFAULT_PORT, why="0 turns TCP off"),
+        tls_port=tls_port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        pool4=p4,
+        pool6=p6,
+        dns=tuple(_parse(sec, "dns", d, lambda t: ipaddress.ip_address(t), "an IP address")
+                  for d in sec.str_list("dns")),
+        subnets=tuple(_parse(sec, "subnets", n, lambda t: ipaddress.ip_network(t), "a prefix")
+                      for n in sec.str_list("subnets")) or (ipaddress.ip_network("0.0.0.0/0"),
+                                                            ipaddress.ip_network("::/0")),
+        uplink=sec.get("uplink", str),
+        mss_clamp=sec.get("mss_clamp", bool, True),
+        clients=tuple(clients),
+        dpd_s=float(sec.int_range("dpd", 0, 3600, 60)),
+    )
+    sec.finish()
+    return server
 
 
 def _tunnel(sec: _Section, name: str) -> TunnelConfig:

@@ -26,7 +26,7 @@ VPN = [sys.executable, "-m", "vpn.cli"]
 def make_cert(d: Path) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
@@ -45,7 +45,7 @@ def make_cert(d: Path) -> str:
 def write_configs(d: Path, t: Topology, pin: str) -> None:
     subprocess.run(VPN + ["genkey", "--out-dir", str(d)], check=True, capture_output=True)
     for role, addr, extra in (
-        ("server", "10.98.0.1/24", f'role = "listen"\ntls_cert = "srv.pem"\ntls_key = "srv.key"'),
+        ("server", "10.98.0.1/24", 'role = "listen"\ntls_cert = "srv.pem"\ntls_key = "srv.key"'),
         ("client", "10.98.0.2/24", f'role = "connect"\nremote = "{t.server_v4}"\ntls_pin_sha256 = "{pin}"'),
     ):
         (d / f"{role}.toml").write_text(textwrap.dedent(f"""\
