@@ -288,7 +288,11 @@ class AddressAllocator(Protocol):
 
 class PoolAllocator:
     """Addresses from one IPv4 and/or one IPv6 pool, stable per identity while leased
-    and remembered afterwards (the same client gets the same address back)."""
+    and remembered afterwards (the same client gets the same address back).
+
+    The pools' network and broadcast addresses, the DNS servers and `exclude` (say the
+    server's own tunnel address) are never handed out.
+    """
 
     def __init__(
         self,
@@ -297,6 +301,7 @@ class PoolAllocator:
         *,
         dns: Sequence[IPAddress | str] = (),
         subnets: Sequence[IPNetwork | str] = (),
+        exclude: Sequence[IPAddress | str] = (),
     ) -> None:
         self._v4 = ipaddress.IPv4Network(ipv4_pool) if ipv4_pool is not None else None
         self._v6 = ipaddress.IPv6Network(ipv6_pool) if ipv6_pool is not None else None
@@ -305,6 +310,7 @@ class PoolAllocator:
         self._by_id: dict[tuple[Identity, int], IPAddress] = {}  # sticky: last address
         self._owner: dict[IPAddress, Identity] = {}  # who an address is remembered for
         self._in_use: dict[IPAddress, Identity] = {}
+        self._reserved = frozenset(ipaddress.ip_address(a) for a in exclude) | frozenset(self._dns)
         self._next: dict[int, int] = {4: 1, 6: 1}
 
     def _pick(self, peer_id: Identity, version: int) -> IPInterface | None:
@@ -324,7 +330,7 @@ class PoolAllocator:
                 offset = self._next[version]
                 self._next[version] = offset + 1 if offset + 1 < size - 1 else 1
                 candidate = pool.network_address + offset
-                if candidate in self._in_use:
+                if candidate in self._in_use or candidate in self._reserved:
                     continue
                 if not steal and self._owner.get(candidate, peer_id) != peer_id:
                     continue
