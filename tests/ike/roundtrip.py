@@ -21,6 +21,7 @@ from typing import Protocol
 
 from vpn.ike.events import Event
 from vpn.ike.policy import Address, Identity, SessionPolicy
+from vpn.ike.responder import Dispatch, IkeResponder
 from vpn.ike.session import IkeSession, Outgoing
 
 CLIENT_ADDR: Address = ("192.0.2.10", 4500)
@@ -76,6 +77,52 @@ class SessionEndpoint:
     def of(self, cls: type[Event]) -> list[Event]:
         self._collect()
         return [e for e in self.events if isinstance(e, cls)]
+
+
+class ResponderEndpoint:
+    """A server front door (vpn/ike/responder.py) and every session it created."""
+
+    def __init__(self, responder: IkeResponder, addr: Address, *, stream: bool = False) -> None:
+        self.responder = responder
+        self.addr = addr
+        self.stream = stream
+        self.events: list[Event] = []
+        self.dispatches: list[Dispatch] = []
+        self._replies: list[Outgoing] = []
+        self.all_sessions: list[IkeSession] = []
+        self.source_override: Address | None = None  # pretend messages come from here
+
+    def receive(self, data: bytes, now: float, source: Address) -> None:
+        d = self.responder.receive(data, now, remote_addr=self.source_override or source, stream=self.stream)
+        self.dispatches.append(d)
+        self._replies += d.replies
+        if d.created and d.session is not None:
+            self.all_sessions.append(d.session)
+        self._collect()
+
+    def outputs(self) -> list[Outgoing]:
+        self._collect()
+        out, self._replies = self._replies, []
+        for session in self.all_sessions:
+            out += session.messages_to_send()
+        return out
+
+    def timer(self) -> float | None:
+        times = [t for s in self.all_sessions if (t := s.get_timer()) is not None]
+        return min(times) if times else None
+
+    def on_timer(self, now: float) -> None:
+        for session in self.all_sessions:
+            t = session.get_timer()
+            if t is not None and t <= now:
+                session.handle_timer(now)
+                self.responder.refresh(session)
+        self._collect()
+
+    def _collect(self) -> None:
+        for session in self.all_sessions:
+            while (event := session.next_event()) is not None:
+                self.events.append(event)
 
 
 @dataclass(order=True)
