@@ -205,6 +205,13 @@ def test_esp_pfs_with_any_supported_group_in_the_proposal() -> None:
     assert [t.type for t in sel.proposal.transforms] == [T.ENCR, T.DH, T.ESN]
 
 
+def test_esp_pfs_restricted_to_configured_groups() -> None:
+    only_x25519 = (EspProposal(dh=(DhId.CURVE25519,)),)
+    with pytest.raises(InvalidKeGroup) as exc:
+        select_esp(sa(LIBRESWAN_PFS), only_x25519, DhId.MODP2048, spi=b"\x01\x01\x01\x01", in_ike_auth=False)
+    assert exc.value.group == DhId.CURVE25519
+
+
 def test_esp_pfs_proposal_without_ke_asks_for_a_group() -> None:
     with pytest.raises(InvalidKeGroup) as exc:
         select_esp(sa(LIBRESWAN_PFS), (EspProposal(),), None, spi=b"\x01\x01\x01\x01", in_ike_auth=False)

@@ -300,8 +300,9 @@ def select_esp(
     """Choose the Child SA suite; our inbound `spi` goes in the answer.
 
     In IKE_AUTH there is no KE, so DH transforms offered are ignored (RFC 7296 §1.2).
-    Elsewhere a KE in any supported group our proposal allows gives PFS; no KE is
-    accepted unless `require_pfs` (macOS rekeys without KE, CHECKLIST X1).
+    Elsewhere a KE gives PFS in the groups of our proposals (any supported group when
+    none are configured); no KE is accepted unless `require_pfs` (macOS rekeys without
+    KE, CHECKLIST X1).
     """
     offered_props = list(offered.proposals)
     if in_ike_auth:
@@ -316,7 +317,8 @@ def select_esp(
         groups: list[DhId] = []
         for c in configured:
             groups += [g for g in c.dh if g not in groups]
-        groups += [g for g in _DH_PREFERENCE if g not in groups]
+        if not groups:  # no PFS groups configured: take any the peer may want
+            groups = list(_DH_PREFERENCE)
         dh_prefs = [Transform(TransformType.DH, g) for g in groups if g in SUPPORTED_DH_GROUPS]
         if not require_pfs:
             dh_prefs.append(Transform(TransformType.DH, DhId.NONE))

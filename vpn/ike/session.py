@@ -1563,12 +1563,13 @@ class IkeSession:
         old = task.child
         if old is not None and old.state is ChildState.REKEYING:
             old.state = ChildState.INSTALLED
-        if old is not None and old.spi_in not in self._children:
-            old = None  # deleted while our rekey was under way: a plain new SA now
-            task = Task(TaskKind.CREATE_CHILD, ts_local=task.ts_local, ts_remote=task.ts_remote, dh=task.dh)
+        gone = old is not None and old.spi_in not in self._children
+        if gone:
+            old = None  # deleted while our rekey was under way (a collision, §2.8.1)
         error = _error_notify(payloads)
         if error is not None:
-            self._child_request_failed(sa, task, error, now)
+            if not gone:  # §2.8.1: an error about an SA already replaced is ignored
+                self._child_request_failed(sa, task, error, now)
             return
         sa_payload = first_of(payloads, SecurityAssociation)
         nonce = first_of(payloads, Nonce)
