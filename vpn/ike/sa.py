@@ -82,6 +82,7 @@ class TaskKind(Enum):
     DPD = "liveness check"
     MOBIKE_UPDATE = "update addresses"
     KEEPALIVE = "empty informational"
+    INVALID_SPI = "report an invalid SPI"
 
 
 @dataclass(eq=False, slots=True)

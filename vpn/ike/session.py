@@ -586,6 +586,13 @@ class IkeSession:
             self._queue(Task(TaskKind.MOBIKE_UPDATE), now)
         self._pump(now)
 
+    def report_invalid_spi(self, now: float, spi: bytes) -> None:
+        """Tell the peer an ESP packet came with an SPI we do not know (RFC 7296 §1.5,
+        §3.10.1 INVALID_SPI). Rate-limit the calls: each one is an exchange."""
+        self._require_live()
+        self._queue(Task(TaskKind.INVALID_SPI, spis=(bytes(spi),)), now)
+        self._pump(now)
+
     def check_liveness(self, now: float) -> None:
         """Send an empty INFORMATIONAL now (RFC 7296 §2.4); no answer: PEER_DEAD."""
         self._require_live()
@@ -1946,6 +1953,11 @@ class IkeSession:
                 self._forget_child(child, child.doomed or ChildCloseReason.DELETED_BY_PEER)
             if ours:
                 answer.append(Delete(ProtocolId.ESP, tuple(ours)))
+        for invalid in notifies_of(payloads, NotifyType.INVALID_SPI):
+            # The peer has no SA for an SPI we send on: that SA is useless (§3.10.1).
+            child = self._find_child_by_out(invalid.data) if len(invalid.data) == ESP_SPI_BYTES else None
+            if child is not None and child.state is not ChildState.DELETING:
+                self._delete_children((child,), ChildCloseReason.DELETED_BY_PEER, now)
         if any(isinstance(p, Notify) and p.type == NotifyType.AUTHENTICATION_FAILED for p in payloads):
             self._after_response.append(
                 (
@@ -2025,6 +2037,8 @@ class IkeSession:
                     self._children.pop(c.spi_in, None)
 
             return [Delete(ProtocolId.ESP, spis)], on_deleted
+        if kind is TaskKind.INVALID_SPI:
+            return [Notify(NotifyType.INVALID_SPI, task.spis[0])], self._on_empty_response
         if kind is TaskKind.MOBIKE_UPDATE:
             if not self._mobike:
                 return None
