@@ -34,7 +34,10 @@ def test_seal_fragments_fit_and_reassemble(encr: EncrId, integ: IntegId, size: i
     first, plain = encode_payloads(payloads)
     shell = Message(b"\x01" * 8, b"\x02" * 8, ExchangeType.IKE_AUTH, HeaderFlag.INITIATOR, 1)
     counter = iter(range(1, 10_000))
-    iv = lambda: next(counter).to_bytes(cipher.iv_bytes, "big")
+
+    def iv() -> bytes:
+        return next(counter).to_bytes(cipher.iv_bytes, "big")
+
     messages = seal_fragments(shell, first, plain, cipher, iv, size)
     assert len(messages) > 1
     assert all(len(m) <= size for m in messages)
