@@ -13,6 +13,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -46,9 +47,29 @@ def _check_toolchain() -> None:
         _fail("OpenSSL headers (openssl/evp.h) not found: install `libssl-dev` (Debian)")
 
 
+def _headers() -> list[Path]:
+    """All vpn_*.h, each after the vpn_*.h headers it includes (cdef needs types first)."""
+    headers = {h.name: h for h in sorted(HERE.glob("vpn_*.h"))}
+    ordered: list[Path] = []
+
+    def visit(name: str, seen: tuple[str, ...]) -> None:
+        if name in seen:
+            raise RuntimeError(f"include cycle: {' -> '.join(seen + (name,))}")
+        if headers[name] in ordered:
+            return
+        for dep in re.findall(r'#include "(vpn_[a-z0-9_]+\.h)"', headers[name].read_text()):
+            if dep in headers:
+                visit(dep, seen + (name,))
+        ordered.append(headers[name])
+
+    for name in headers:
+        visit(name, ())
+    return ordered
+
+
 def _cdef_text() -> str:
     parts = []
-    for header in sorted(HERE.glob("vpn_*.h")):
+    for header in _headers():
         text = header.read_text()
         if CDEF_BEGIN not in text or CDEF_END not in text:
             raise RuntimeError(f"{header.name}: missing cdef markers")
@@ -59,7 +80,7 @@ def _cdef_text() -> str:
 def _make_ffi() -> FFI:
     ffi = FFI()
     ffi.cdef(_cdef_text())
-    headers = "".join(f'#include "{h.name}"\n' for h in sorted(HERE.glob("vpn_*.h")))
+    headers = "".join(f'#include "{h.name}"\n' for h in _headers())
     sources = [str(p.relative_to(HERE.parent)) for p in sorted(HERE.glob("*.c"))]
     cflags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
     ldflags: list[str] = []

@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   gcc libc6-dev libssl-dev python3-dev pkg-config make   # build of the C fast path
-  iproute2 nftables                                      # network namespaces, firewall
+  iproute2 nftables iputils-ping util-linux              # network namespaces, firewall
   iperf3 tshark                                          # traffic and wire checks
   strongswan-charon strongswan-swanctl strongswan-pki    # interop peer
-  libcharon-extra-plugins libstrongswan-extra-plugins
+  libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
+  wireshark-common
   openssl ca-certificates procps psmisc
+  openvpn ocserv openconnect wireguard-go wireguard-tools  # bench/ baseline rows
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -16,11 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from vpn import __version__, config
-from vpn.io import control
+from vpn.io import control, paths
 
-RUN_DIR = Path("/run/vpn")
 UP_TIMEOUT_S = 60.0
 
 
@@ -37,8 +37,7 @@ def _pick_name(name: str | None) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # validate before forking: errors go to the user
-    RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = RUN_DIR / f"{cfg.name}.log"
+    log_path = paths.log_path(cfg.name)
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "vpn.daemon", str(Path(args.config).resolve()), "--ready-fd", str(write_fd)]
     if args.export_keys:
@@ -113,19 +112,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_status(name: str, st: dict[str, object]) -> str:
+def format_status(name: str, st: dict[str, Any]) -> str:
     """A human-readable rendering of a daemon's status reply."""
     lines = [f"{name}: {st.get('state', '?')}"]
-    for key in ("mode", "transport", "local", "remote", "device", "mtu", "uptime_s"):
-        if key in st:
+    for key in ("mode", "transport", "role", "remote", "peer", "device", "mtu", "uptime_s"):
+        if st.get(key) is not None:
             lines.append(f"  {key}: {st[key]}")
-    for sa in st.get("sas", []) or []:  # type: ignore[union-attr]
-        lines.append(f"  sa {sa}")
+    for sa in st.get("sas") or []:
+        shown = ("dir", "spi", "seq", "packets", "bytes")
+        extra = ", ".join(f"{k} {v}" for k, v in sa.items() if k not in shown and v)
+        lines.append(f"  sa {sa['dir']:<3} spi {sa['spi']}: seq {sa['seq']}, {sa['packets']} packets, "
+                     f"{_human_bytes(sa['bytes'])}" + (f", {extra}" if extra else ""))
     counters = st.get("counters")
     if isinstance(counters, dict):
         nonzero = {k: v for k, v in counters.items() if v}
         lines.append("  counters: " + ", ".join(f"{k}={v}" for k, v in sorted(nonzero.items())))
+    for event in st.get("events") or []:
+        lines.append(f"  event: {event}")
     return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n:.2f} TB"
 
 
 def cmd_genkey(args: argparse.Namespace) -> int:
@@ -153,7 +165,7 @@ def cmd_genkey(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vpn import demo
 
-    return demo.run(args)
+    return int(demo.run(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
