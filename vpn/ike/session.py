@@ -1041,6 +1041,15 @@ class IkeSession:
             self._peer_hashes = ()
 
     @staticmethod
+    def _peer_certificates(payloads: Sequence[Payload]) -> list[bytes]:
+        """DER X.509 certificates from CERT payloads (RFC 7296 §3.6, encoding 4), in order."""
+        return [
+            c.data
+            for c in payloads
+            if isinstance(c, Certificate) and c.encoding == CertEncoding.X509_CERT_SIGNATURE
+        ]
+
+    @staticmethod
     def _certreq_hashes(payloads: Sequence[Payload]) -> tuple[bytes, ...]:
         out: list[bytes] = []
         for req in (p for p in payloads if isinstance(p, CertificateRequest)):
@@ -1156,7 +1165,7 @@ class IkeSession:
             if self.policy.remote_id is not None and peer_id != self.policy.remote_id:
                 raise AuthenticationFailed(f"peer identity {peer_id} is not {self.policy.remote_id}")
             self._peer_id = peer_id
-            certs = [c.data for c in payloads if isinstance(c, Certificate)]
+            certs = self._peer_certificates(payloads)
             octets = self._octets(sa, ours=False, id_body=idr.encode_body())
             self.policy.authenticator.verify(
                 auth.method, auth.data, octets, peer_id, certs, self._auth_context(sa, now)
@@ -1290,7 +1299,7 @@ class IkeSession:
             if policy.remote_id is not None and peer_id != policy.remote_id:
                 raise AuthenticationFailed(f"identity {peer_id} is not {policy.remote_id}")
             self._peer_id = peer_id
-            certs = [c.data for c in payloads if isinstance(c, Certificate)]
+            certs = self._peer_certificates(payloads)
             self._peer_certreq = self._peer_certreq + self._certreq_hashes(payloads)
             octets = self._octets(sa, ours=False, id_body=idi.encode_body())
             ctx = self._auth_context(sa, now)
