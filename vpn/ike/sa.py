@@ -214,7 +214,8 @@ class IkeSa:
     def open(self, msg: Message, now: float, max_bytes: int) -> tuple[list[Payload], int] | tuple[None, int]:
         """Authenticate and decrypt; (inner payloads, fragment number or 0).
 
-        Returns (None, n) for a fragment stored while others are missing. Raises
+        Returns (None, n) for a fragment stored while others are missing, or dropped by
+        the RFC 7383 §5 bounds (the collection is then discarded). Raises
         IntegrityError (drop silently, RFC 7296 §2.21.1), MalformedMessage or
         UnsupportedCriticalPayload (the inner payloads; answerable once authenticated).
         """
@@ -226,17 +227,19 @@ class IkeSa:
         if isinstance(sealed, Encrypted):
             return decode_payloads(sealed.first_payload, plaintext), 0
         assert isinstance(sealed, EncryptedFragment)
-        if sealed.total > MAX_FRAGMENTS:
-            raise MalformedMessage(f"{sealed.total} fragments announced (RFC 7383 §5 bound)")
         key = (msg.message_id, msg.is_response)
+        if sealed.total > MAX_FRAGMENTS:
+            # RFC 7383 §5: more than we are willing to hold; nothing is stored.
+            self.reassembly.pop(key, None)
+            return None, sealed.number
         pending = self.reassembly.get(key)
         if pending is None:
             pending = self.reassembly[key] = Reassembly(msg.message_id, sealed.total, now)
         try:
             done = pending.add(sealed.number, sealed.total, sealed.first_payload, plaintext, max_bytes)
         except OverflowError:
-            del self.reassembly[key]
-            raise MalformedMessage("fragments exceed the reassembly bound") from None
+            del self.reassembly[key]  # the memory bound: give up on this message
+            return None, sealed.number
         if done is None:
             return None, sealed.number
         del self.reassembly[key]
