@@ -108,7 +108,9 @@ class IkeResponder:
         self._local = local_addr
         self.cookies = cookies or CookiePolicy()
         self._by_spi: dict[bytes, IkeSession] = {}  # our SPIs -> session
+        self._spis_of: dict[IkeSession, frozenset[bytes]] = {}  # the reverse, for forget()
         self._half_open: dict[tuple[bytes, str], IkeSession] = {}  # (SPIi, peer IP)
+        self._half_open_key: dict[IkeSession, tuple[bytes, str]] = {}
         self._secrets: list[_Secret] = []
         self.stats = _Stats()
         self._sessions: set[IkeSession] = set()
@@ -117,7 +119,8 @@ class IkeResponder:
 
     def sessions(self) -> list[IkeSession]:
         """The sessions that have not ended."""
-        self._prune()
+        for session in [s for s in self._sessions if s.closed]:
+            self.forget(session)
         return list(self._sessions)
 
     def session_for(self, spi: bytes) -> IkeSession | None:
@@ -132,10 +135,10 @@ class IkeResponder:
     def forget(self, session: IkeSession) -> None:
         """Drop every reference to a session (the daemon saw its IkeSaClosed)."""
         self._sessions.discard(session)
-        for spi in [k for k, v in self._by_spi.items() if v is session]:
-            del self._by_spi[spi]
-        for key in [k for k, v in self._half_open.items() if v is session]:
-            del self._half_open[key]
+        for spi in self._spis_of.pop(session, frozenset()):
+            if self._by_spi.get(spi) is session:
+                del self._by_spi[spi]
+        self._leave_half_open(session)
 
     # ---- input
 
@@ -210,6 +213,7 @@ class IkeResponder:
         if not session.closed:
             self._sessions.add(session)
             self._half_open[(spi_i, remote[0])] = session
+            self._half_open_key[session] = (spi_i, remote[0])
             self._index(session)
         return Dispatch(session, created=True)
 
@@ -266,16 +270,26 @@ class IkeResponder:
         if session.closed:
             self.forget(session)
             return
-        for spi in session.local_spis():
-            self._by_spi[spi] = session
-        for spi in [s for s, v in self._by_spi.items() if v is session and s not in session.local_spis()]:
-            del self._by_spi[spi]
+        spis = session.local_spis()
+        old = self._spis_of.get(session, frozenset())
+        if spis != old:
+            for spi in old - spis:
+                if self._by_spi.get(spi) is session:
+                    del self._by_spi[spi]
+            for spi in spis:
+                self._by_spi[spi] = session
+            self._spis_of[session] = spis
         if session.state is not IkeState.INIT_ANSWERED:
-            for key in [k for k, v in self._half_open.items() if v is session]:
-                del self._half_open[key]
+            self._leave_half_open(session)
+
+    def _leave_half_open(self, session: IkeSession) -> None:
+        key = self._half_open_key.pop(session, None)
+        if key is not None and self._half_open.get(key) is session:
+            del self._half_open[key]
 
     def _prune(self) -> None:
-        for session in [s for s in self._sessions if s.closed]:
+        """Forget half-open sessions that ended (bounded by max_half_open)."""
+        for session in [s for s in self._half_open.values() if s.closed]:
             self.forget(session)
 
     def refresh(self, session: IkeSession) -> None:
