@@ -17,7 +17,15 @@ from tests.ike.roundtrip import CLIENT_ADDR, SERVER_ADDR, client_policy, connect
 from tests.ike.test_message_fuzz import cleartext_payload
 from vpn.ike.constants import ExchangeType, HeaderFlag, NotifyType
 from vpn.ike.fragments import MAX_FRAGMENTS
-from vpn.ike.message import EncryptedFragment, Message, Nonce, Payload, SecurityAssociation, encode_payloads
+from vpn.ike.message import (
+    EncryptedFragment,
+    Message,
+    Nonce,
+    Payload,
+    SecurityAssociation,
+    UnknownPayload,
+    encode_payloads,
+)
 from vpn.ike.negotiate import ike_proposals
 from vpn.ike.policy import DEFAULT_IKE_PROPOSALS
 from vpn.ike.responder import CookiePolicy, IkeResponder
@@ -139,10 +147,19 @@ def established() -> object:
     return connect(client_policy(), server_policy())
 
 
+critical_unknown = st.builds(
+    UnknownPayload, st.integers(49, 255).filter(lambda t: t != 53), st.binary(max_size=20), st.booleans()
+)
+inner_payload = st.one_of(cleartext_payload, critical_unknown)
+
+
 @FUZZ
 @given(
-    st.sampled_from([ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL, ExchangeType.IKE_AUTH, 99]),
-    st.lists(cleartext_payload, max_size=8),
+    st.one_of(
+        st.sampled_from([ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL, ExchangeType.IKE_AUTH]),
+        st.integers(0, 255),
+    ),
+    st.lists(inner_payload, max_size=8),
 )
 def test_sealed_requests_with_random_payloads(exchange: int, payloads: list[Payload]) -> None:
     net = established()

@@ -293,3 +293,43 @@ def test_no_dynamic_update_with_mobike() -> None:
     assert not only(net.server.events, PeerAddressChanged)  # RFC 4555 §3.8
     assert net.server_session.remote_addr == CLIENT_ADDR
     assert net.sent_by("server")[-1].data  # answered (to the request's source)
+
+
+# --------------------------------------------------------------------------- new paths
+
+
+def test_new_tcp_connection_with_nothing_outstanding_announces_the_path() -> None:
+    # RFC 9329 §6.1: on a new connection the client sends UPDATE_SA_ADDRESSES (MOBIKE) or
+    # an empty INFORMATIONAL, so that the server learns the connection.
+    net = quiet_pair()
+    net.client.session.transport_changed(net.now, stream=True, local=("192.0.2.10", 50000))
+    net.run(seconds=2)
+    assert Notify(NotifyType.UPDATE_SA_ADDRESSES) in inner(net.server_session, net.sent_by("client")[-1].data)
+    (updated,) = only(net.client.events, AddressesUpdated)
+    assert updated.stream
+    plain = quiet_pair(mobike=False)
+    plain.client.session.transport_changed(plain.now, stream=True)
+    plain.run(seconds=2)
+    assert inner(plain.server_session, plain.sent_by("client")[-1].data) == []
+    assert plain.client.session.established
+
+
+def test_invalid_syntax_in_a_response_is_fatal() -> None:
+    net = quiet_pair()
+    client = net.client.session
+    client.check_liveness(net.now)
+    request = Message.decode(client.messages_to_send()[0].data)
+    sa = net.server_session._sa
+    assert sa is not None
+    answer = sa.seal(
+        request.exchange,
+        request.message_id,
+        True,
+        [Notify(NotifyType.INVALID_SYNTAX)],
+        lambda n: b"\0" * n,
+        None,
+    )
+    client.receive_message(answer[0], net.now, SERVER_ADDR)
+    net.client._collect()
+    (closed,) = only(net.client.events, IkeSaClosed)
+    assert closed.reason is CloseReason.PROTOCOL_ERROR and closed.notify == NotifyType.INVALID_SYNTAX

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ike.roundtrip import Network, client_policy, connect, server_policy
+from tests.ike.roundtrip import SERVER_ADDR, Network, client_policy, connect, server_policy
 from vpn.ike.constants import DhId, EncrId, ExchangeType, HeaderFlag, NotifyType, PrfId
 from vpn.ike.events import (
     ChildCloseReason,
@@ -18,7 +18,7 @@ from vpn.ike.events import (
     IkeSaClosed,
     IkeSaRekeyed,
 )
-from vpn.ike.message import Message, peek_header
+from vpn.ike.message import Message, TsResponder, peek_header
 from vpn.ike.payloads import TrafficSelector
 from vpn.ike.policy import ChildPolicy, EspProposal, IkeProposal, Lifetimes
 from vpn.ike.state import IkeState
@@ -305,3 +305,46 @@ def test_ike_soft_rekey_and_hard_expiry() -> None:
     net2.run(seconds=400)
     closed = only(net2.client.events, IkeSaClosed)
     assert [c.reason for c in closed] in ([CloseReason.EXPIRED], [CloseReason.TIMEOUT])
+
+
+def test_initiator_deletes_a_child_whose_selectors_were_widened() -> None:
+    # RFC 7296 §2.9: the responder may only narrow. A (buggy) answer with wider
+    # selectors is refused and the SA the responder installed is deleted.
+    net = connect(client_policy(**quiet()), server_policy(**quiet()))
+    client, server = net.client.session, net.server_session
+    client.create_child(net.now, remote_ts=[TrafficSelector.from_network("10.1.0.0/16")])
+    request = client.messages_to_send()[0]
+    server.receive_message(request.data, net.now, net.client.addr)
+    (answer,) = server.messages_to_send()
+    ssa, csa = server._sa, client._sa
+    assert ssa is not None and csa is not None
+    msg = Message.decode(answer.data)
+    payloads, _ = csa.open(msg, net.now, 65535)
+    assert payloads is not None
+    wide = [
+        TsResponder((TrafficSelector.from_network("10.0.0.0/8"),)) if isinstance(p, TsResponder) else p
+        for p in payloads
+    ]
+    ssa._iv_counter += 100  # a fresh IV for the forged answer
+    forged = ssa.seal(msg.exchange, msg.message_id, True, wide, lambda n: b"\0" * n, None)
+    client.receive_message(forged[0], net.now, SERVER_ADDR)
+    net.client._collect()
+    (failed,) = only(net.client.events, ChildSaFailed)
+    assert "narrowing" in failed.detail
+    (delete,) = client.messages_to_send()  # the Delete for the SA the server installed
+    assert peek_header(delete.data).exchange == ExchangeType.INFORMATIONAL
+    server.receive_message(delete.data, net.now, net.client.addr)
+    assert len(server.child_sas()) == 1  # only the first Child SA is left
+
+
+def test_ike_rekey_refused_keeps_the_sa_and_retries_later() -> None:
+    net = connect(client_policy(**quiet()), server_policy(**quiet()))
+    # nothing the client offers (its groups: Curve25519, P-256, P-384, MODP 2048)
+    only_modp3072 = (IkeProposal(((EncrId.AES_GCM_16, 256),), (PrfId.HMAC_SHA2_256,), (DhId.MODP3072,)),)
+    net.server_session.policy = server_policy(ike_proposals=only_modp3072, **quiet())
+    net.client.session.rekey_ike(net.now)
+    net.run(seconds=2)
+    assert not only(net.client.events, IkeSaRekeyed)
+    assert net.client.session.state is IkeState.ESTABLISHED
+    assert net.client.session.get_timer() is not None  # a later attempt is scheduled
+    assert_in_sync(net)

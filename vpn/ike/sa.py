@@ -190,7 +190,7 @@ class IkeSa:
 
     def seal(
         self,
-        exchange: ExchangeType,
+        exchange: ExchangeType | int,
         message_id: int,
         response: bool,
         payloads: list[Payload],

@@ -140,21 +140,7 @@ TEMPORARY_FAILURE_RETRY_SECONDS = 10.0
 TEMPORARY_FAILURE_MAX_RETRIES = 12
 # RFC 7383 §2.6.2: drop a reassembly that does not complete in this time.
 REASSEMBLY_TIMEOUT_SECONDS = 30.0
-# Child SA failures that leave the IKE SA intact (RFC 7296 §1.2, §2.21.2).
-CHILD_ERRORS = frozenset(
-    {
-        NotifyType.NO_PROPOSAL_CHOSEN,
-        NotifyType.SINGLE_PAIR_REQUIRED,
-        NotifyType.NO_ADDITIONAL_SAS,
-        NotifyType.INTERNAL_ADDRESS_FAILURE,
-        NotifyType.FAILED_CP_REQUIRED,
-        NotifyType.TS_UNACCEPTABLE,
-        NotifyType.INVALID_SELECTORS,
-        NotifyType.INVALID_KE_PAYLOAD,
-        NotifyType.TEMPORARY_FAILURE,
-        NotifyType.CHILD_SA_NOT_FOUND,
-    }
-)
+_SK_EXCHANGES = frozenset({ExchangeType.IKE_AUTH, ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL})
 _CLOSE_REASON_OF_NOTIFY: dict[int, CloseReason] = {
     NotifyType.AUTHENTICATION_FAILED: CloseReason.AUTHENTICATION_FAILED,
     NotifyType.NO_PROPOSAL_CHOSEN: CloseReason.NO_PROPOSAL_CHOSEN,
@@ -235,7 +221,6 @@ class IkeSession:
         self._out: list[Outgoing] = []
         self._events: deque[Event] = deque()
         self._closed = False
-        self._state_before = IkeState.IDLE
         # IKE_SA_INIT
         self._dh_key: DhPrivateKey | None = None
         self._cookie = b""
@@ -256,7 +241,6 @@ class IkeSession:
         self._nat_remote = False
         self._lease: AddressLease | None = None
         self._virtual: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
-        self._established_once = False
         self._last_heard = 0.0
         self._mobike_redo = False
         self._after_response: list[tuple[str, object]] = []
@@ -380,7 +364,7 @@ class IkeSession:
                     times.append(t)
             times += [r.started + REASSEMBLY_TIMEOUT_SECONDS for r in sa.reassembly.values()]
             if sa.outstanding is None:
-                times += [t.not_before for t in sa.queue if isinstance(t, Task) and t.not_before]
+                times += [t.not_before for t in sa.queue if t.not_before]
         for child in self._children.values():
             for t in (child.rekey_at, child.expire_at):
                 if t is not None:
@@ -551,7 +535,7 @@ class IkeSession:
                 sa.fsm.apply(IkeInput.CLOSE)
             self._finish(CloseReason.DELETED_LOCALLY)
             return
-        if any(isinstance(t, Task) and t.kind == TaskKind.DELETE_IKE for t in sa.queue):
+        if any(t.kind == TaskKind.DELETE_IKE for t in sa.queue):
             return
         if sa.fsm.state is IkeState.DELETING:
             return
@@ -575,14 +559,16 @@ class IkeSession:
             self._local = local
         if remote is not None:
             self._remote = remote
+        updating = False
         for sa in self._sas.values():
             req = sa.outstanding
             if req is not None:
                 req.remote = self._remote
                 if req.kind == TaskKind.MOBIKE_UPDATE.value:
-                    self._mobike_redo = True
+                    updating = self._mobike_redo = True  # redone when it completes
                 self._resend(sa, req, now, restart=True)
-        if not self._mobike_redo:
+        queued = self._sa is not None and any(t.kind is TaskKind.MOBIKE_UPDATE for t in self._sa.queue)
+        if not updating and not queued:
             self._queue(Task(TaskKind.MOBIKE_UPDATE), now)
         self._pump(now)
 
@@ -639,6 +625,9 @@ class IkeSession:
         if mid != sa.peer_message_id:
             self._drop(f"request message ID {mid}, expected {sa.peer_message_id}")
             return
+        if msg.exchange not in _SK_EXCHANGES:
+            self._drop(f"unsupported exchange {msg.exchange}")
+            return
         try:
             payloads, _ = sa.open(msg, now, self.policy.max_reassembly_bytes)
         except IntegrityError:
@@ -673,11 +662,8 @@ class IkeSession:
             return
         if exchange == ExchangeType.CREATE_CHILD_SA:
             answer = self._on_create_child_request(sa, payloads, now)
-        elif exchange == ExchangeType.INFORMATIONAL:
-            answer = self._on_informational_request(sa, payloads, now, remote)
         else:
-            self._drop(f"unsupported exchange {exchange}")
-            return
+            answer = self._on_informational_request(sa, payloads, now, remote)
         self._respond(sa, msg, data, answer, remote)
         self._run_after_response(now)
 
@@ -699,6 +685,12 @@ class IkeSession:
             return
         sa.outstanding = None
         self._heard(sa, now, remote)
+        if notify_of(payloads, NotifyType.INVALID_SYNTAX) is not None and sa.fsm.state in LIVE_STATES:
+            # RFC 7296 §2.21.3: INVALID_SYNTAX in an authenticated answer is fatal.
+            self._fatal(
+                sa, CloseReason.PROTOCOL_ERROR, NotifyType.INVALID_SYNTAX, f"peer refused our {req.kind}"
+            )
+            return
         req.handler(sa, payloads, now)
 
     def _heard(self, sa: IkeSa, now: float, remote: Address | None) -> None:
@@ -719,9 +711,7 @@ class IkeSession:
     def _respond(
         self, sa: IkeSa, msg: Message, data: bytes, payloads: list[Payload], remote: Address | None
     ) -> None:
-        packets = sa.seal(
-            ExchangeType(msg.exchange), msg.message_id, True, payloads, self._rng, self._fragment_size(sa)
-        )
+        packets = sa.seal(msg.exchange, msg.message_id, True, payloads, self._rng, self._fragment_size(sa))
         sa.remember_response(data, msg.message_id, packets)
         sa.peer_message_id = msg.message_id + 1
         dest = remote or self._remote
@@ -1385,7 +1375,6 @@ class IkeSession:
         return Configuration(CfgType.CFG_REPLY, tuple(attrs))
 
     def _established(self, sa: IkeSa, now: float) -> None:
-        self._established_once = True
         self._last_heard = now
         self._set_ike_lifetimes(sa, now)
         assert sa.algorithms is not None and self._peer_id is not None
@@ -1527,7 +1516,7 @@ class IkeSession:
     def _queue_child_rekey(self, child: ChildSa, now: float) -> None:
         if child.state is not ChildState.INSTALLED:
             return
-        if any(isinstance(t, Task) and t.child is child for sa in self._sas.values() for t in sa.queue):
+        if any(t.child is child for sa in self._sas.values() for t in sa.queue):
             return
         self._queue(Task(TaskKind.REKEY_CHILD, child=child), now)
 
@@ -1743,7 +1732,7 @@ class IkeSession:
 
     def _queue_ike_rekey(self, now: float) -> None:
         sa = self._sa
-        if sa is None or any(isinstance(t, Task) and t.kind == TaskKind.REKEY_IKE for t in sa.queue):
+        if sa is None or any(t.kind == TaskKind.REKEY_IKE for t in sa.queue):
             return
         self._queue(Task(TaskKind.REKEY_IKE), now)
 
@@ -1845,7 +1834,8 @@ class IkeSession:
                 sa.fsm.apply(IkeInput.IKE_REKEY_DONE)  # the peer deletes the old SA
                 self._switch_to(sa, theirs, now)
                 return
-            theirs.redundant = True  # the peer deletes it
+            theirs.redundant = True  # the peer deletes it; forget it if that never comes
+            theirs.half_open_deadline = now + self.policy.retransmit.total()
         sa.fsm.apply(IkeInput.IKE_REKEY_DONE)
         self._switch_to(sa, new, now)
         sa.queue.append(Task(TaskKind.DELETE_IKE))  # §2.8: the last request on the old SA
@@ -1886,8 +1876,8 @@ class IkeSession:
         old.half_open_deadline = now + self.policy.retransmit.total()
         if self._closing:
             new.queue.appendleft(Task(TaskKind.DELETE_IKE))
-        keep = deque(t for t in old.queue if isinstance(t, Task) and t.kind == TaskKind.DELETE_IKE)
-        moved = [t for t in old.queue if not (isinstance(t, Task) and t.kind == TaskKind.DELETE_IKE)]
+        keep = deque(t for t in old.queue if t.kind == TaskKind.DELETE_IKE)
+        moved = [t for t in old.queue if not (t.kind == TaskKind.DELETE_IKE)]
         old.queue = keep
         new.queue.extend(moved)
         assert new.algorithms is not None
