@@ -442,3 +442,13 @@ def test_local_close_deletes_both_sides() -> None:
     assert the(net.client.events, IkeSaClosed).reason is CloseReason.DELETED_LOCALLY
     assert the(net.server.events, IkeSaClosed).reason is CloseReason.DELETED_BY_PEER
     assert pool.in_use() == {}  # the lease went back to the pool
+
+
+def test_virtual_address_replaces_a_libreswan_style_tsi() -> None:
+    # Libreswan sends its outer address as TSi next to CFG_REQUEST; the answer carries the
+    # leased address instead (RFC 7296 §2.19), and the client accepts it.
+    outer = (TrafficSelector.from_address("192.0.2.10"),)
+    net = connect(client_policy(child=ChildPolicy(local_ts=outer)))
+    c_child = the(net.client.events, ChildSaEstablished).child
+    assert c_child.ts_local == (TrafficSelector.from_address("10.9.0.2"),)
+    assert the(net.server.events, ChildSaEstablished).child.ts_remote == c_child.ts_local

@@ -1201,7 +1201,7 @@ class IkeSession:
         except NoProposalChosen as exc:
             self._initiator_child_unusable(sa, spi_in, str(exc), now)
             return
-        if not within(tsi.selectors, ts_local) or not within(tsr.selectors, ts_remote):
+        if not self._ts_acceptable(tsi.selectors, ts_local) or not within(tsr.selectors, ts_remote):
             self._initiator_child_unusable(sa, spi_in, "traffic selectors not a narrowing of ours", now)
             return
         transport = (
@@ -1223,6 +1223,13 @@ class IkeSession:
             now,
         )
         self._events.append(ChildSaEstablished(child.info(self._udp_encap())))
+
+    def _ts_acceptable(self, got: Sequence[TrafficSelector], offered: Sequence[TrafficSelector]) -> bool:
+        """TSi in a response: a narrowing of ours, or our virtual addresses (§2.19)."""
+        ours = {iface.ip for iface in self._virtual}
+        return bool(got) and all(
+            within((ts,), offered) or (ts.start == ts.end and ts.start in ours) for ts in got
+        )
 
     def _read_cfg_reply(self, cp: Configuration | None) -> bool:
         if cp is None or cp.cfg_type != CfgType.CFG_REPLY:
@@ -1433,10 +1440,10 @@ class IkeSession:
             ) from None
         except NoProposalChosen as exc:
             raise _ChildRefused(NotifyType.NO_PROPOSAL_CHOSEN, detail=str(exc)) from None
-        remote_allowed = policy.remote_ts
         if self._lease is not None:
-            remote_allowed = tuple(TrafficSelector.from_address(a.ip) for a in self._lease.addresses)
-        ts_i = narrow(tsi.selectors, remote_allowed)
+            ts_i = self._leased_selectors(tsi.selectors)
+        else:
+            ts_i = narrow(tsi.selectors, policy.remote_ts)
         ts_r = narrow(tsr.selectors, policy.local_ts)
         if not ts_i or not ts_r:
             raise _ChildRefused(NotifyType.TS_UNACCEPTABLE, detail="no traffic selector in common")
@@ -1462,6 +1469,22 @@ class IkeSession:
         if transport:
             answer.append(Notify(NotifyType.USE_TRANSPORT_MODE))
         return _ChildAnswer(answer, child)
+
+    def _leased_selectors(self, requested: Sequence[TrafficSelector]) -> tuple[TrafficSelector, ...]:
+        """TSi for a client with leased addresses: the addresses themselves, per family
+        the client asked for, keeping its protocol and ports (RFC 7296 §2.19). Clients
+        differ in what they put in TSi next to a CFG_REQUEST (strongSwan 0.0.0.0/0,
+        Libreswan its outer address), so the lease replaces it rather than narrowing it.
+        """
+        assert self._lease is not None
+        out: list[TrafficSelector] = []
+        for ts in requested:
+            for iface in self._lease.addresses:
+                if iface.version == ts.start.version:
+                    host = TrafficSelector(iface.ip, iface.ip, ts.protocol, ts.start_port, ts.end_port)
+                    if host not in out:
+                        out.append(host)
+        return tuple(out)
 
     def _install_child(
         self,
@@ -1595,7 +1618,7 @@ class IkeSession:
                 ):
                     raise NoProposalChosen("PFS group and KE payload disagree")
                 g_ir = key.shared_secret(ke.data)
-            if not within(tsi.selectors, ts_local) or not within(tsr.selectors, ts_remote):
+            if not self._ts_acceptable(tsi.selectors, ts_local) or not within(tsr.selectors, ts_remote):
                 raise NoProposalChosen("traffic selectors not a narrowing of ours")
         except (NoProposalChosen, InvalidKePayload) as exc:
             # The responder installed an SA we will not use: delete it (RFC 7296 §2.9).
