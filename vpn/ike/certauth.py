@@ -22,7 +22,6 @@ Sans-IO: validity is checked at `wall_clock(now)`, `now` being the session's clo
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
@@ -37,7 +36,7 @@ from vpn.ike.certs import (
     match_identity,
 )
 from vpn.ike.constants import AuthMethod, CertEncoding
-from vpn.ike.credentials import AuthContext, PskSource, psk_auth_data
+from vpn.ike.credentials import AuthContext, PskSource, psk_auth_data, verify_psk_auth
 from vpn.ike.errors import AuthenticationFailed, LocalProtocolError
 from vpn.ike.policy import Identity
 
@@ -111,8 +110,7 @@ class CertAuthenticator:
             key = self._peer_psk(peer_id) if callable(self._peer_psk) else self._peer_psk
             if not key:
                 raise AuthenticationFailed(f"no pre-shared key accepted for {peer_id}")
-            if not hmac.compare_digest(psk_auth_data(ctx.prf, key, octets), data):
-                raise AuthenticationFailed("AUTH payload does not match the pre-shared key")
+            verify_psk_auth(ctx.prf, key, octets, data)
             return
         if self._trust is None:
             raise AuthenticationFailed("no trusted CA configured for certificate peers")

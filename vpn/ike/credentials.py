@@ -79,6 +79,12 @@ def psk_auth_data(prf: Prf, psk: bytes, octets: bytes) -> bytes:
     return prf(prf(psk, KEY_PAD), octets)
 
 
+def verify_psk_auth(prf: Prf, psk: bytes, octets: bytes, data: bytes) -> None:
+    """Check a peer's method-2 AUTH data in constant time; AuthenticationFailed if not."""
+    if not hmac.compare_digest(psk_auth_data(prf, psk, octets), data):
+        raise AuthenticationFailed("AUTH payload does not match the pre-shared key")
+
+
 class PskAuthenticator:
     """Pre-shared key authentication (method 2, RFC 7296 §2.15).
 
@@ -130,8 +136,7 @@ class PskAuthenticator:
         key = self._key(peer_id)
         if not key:
             raise AuthenticationFailed(f"no pre-shared key for {peer_id}")
-        if not hmac.compare_digest(psk_auth_data(ctx.prf, key, octets), data):
-            raise AuthenticationFailed("AUTH payload does not match the pre-shared key")
+        verify_psk_auth(ctx.prf, key, octets, data)
 
     def __repr__(self) -> str:
         return "PskAuthenticator(key hidden)"

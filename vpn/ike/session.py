@@ -160,6 +160,12 @@ class Outgoing:
     remote: Address | None
 
 
+class _NotNarrowed(NoProposalChosen):
+    """A Child SA answer whose selectors are not a narrowing of ours (RFC 7296 §2.9)."""
+
+    notify = NotifyType.TS_UNACCEPTABLE
+
+
 class _ChildRefused(Exception):
     """A Child SA request answered with an error notify (the IKE SA stays up)."""
 
@@ -1175,9 +1181,7 @@ class IkeSession:
             sa.fsm.apply(IkeInput.AUTH_FAILED)
             self._finish(CloseReason.AUTHENTICATION_FAILED, NotifyType.AUTHENTICATION_FAILED, str(exc))
             return
-        self._peer_mobike = any(
-            isinstance(p, Notify) and p.type == NotifyType.MOBIKE_SUPPORTED for p in payloads
-        )
+        self._peer_mobike = notify_of(payloads, NotifyType.MOBIKE_SUPPORTED) is not None
         self._mobike = self._peer_mobike and self.policy.mobike
         sa.fsm.apply(IkeInput.RECV_AUTH_RESPONSE)
         self._established(sa, now)
@@ -1194,35 +1198,67 @@ class IkeSession:
         if self.policy.virtual_ip is not None:
             assigned = self._read_cfg_reply(cp)
             if self.policy.virtual_ip.required and not assigned:
-                self._initiator_child_unusable(sa, spi_in, "no virtual address assigned", now)
+                self._initiator_child_unusable(sa, spi_in, None, "no virtual address assigned", now)
                 return
         try:
-            selection = accept_esp_response(offered, sa_payload)
-        except NoProposalChosen as exc:
-            self._initiator_child_unusable(sa, spi_in, str(exc), now)
+            child = self._accept_child(
+                sa, payloads, offered, spi_in, sa.ni, sa.nr, None, ts_local, ts_remote, now
+            )
+        except (NoProposalChosen, InvalidKePayload) as exc:
+            self._initiator_child_unusable(sa, spi_in, exc.notify, str(exc), now)
             return
+        self._events.append(ChildSaEstablished(child.info(self._udp_encap())))
+
+    def _accept_child(
+        self,
+        sa: IkeSa,
+        payloads: list[Payload],
+        offered: list[Proposal],
+        spi_in: bytes,
+        ni: bytes,
+        nr: bytes,
+        key: DhPrivateKey | None,
+        ts_local: tuple[TrafficSelector, ...],
+        ts_remote: tuple[TrafficSelector, ...],
+        now: float,
+    ) -> ChildSa:
+        """Install the Child SA of a response we initiated (IKE_AUTH, CREATE_CHILD_SA).
+
+        Raises NoProposalChosen or InvalidKePayload when it is unusable: not a proposal
+        we offered, PFS not as asked, or selectors that are not a narrowing of ours.
+        """
+        sa_payload = first_of(payloads, SecurityAssociation)
+        tsi = first_of(payloads, TsInitiator)
+        tsr = first_of(payloads, TsResponder)
+        if sa_payload is None or tsi is None or tsr is None:
+            raise NoProposalChosen("the Child SA response lacks SA, TSi or TSr")
+        selection = accept_esp_response(offered, sa_payload)
+        g_ir = None
+        if selection.algorithms.dh != DhId.NONE:
+            ke = first_of(payloads, KeyExchange)
+            if key is None or ke is None or ke.group != selection.algorithms.dh or key.group.id != ke.group:
+                raise NoProposalChosen("PFS group and KE payload disagree")
+            g_ir = key.shared_secret(ke.data)
         if not self._ts_acceptable(tsi.selectors, ts_local) or not within(tsr.selectors, ts_remote):
-            self._initiator_child_unusable(sa, spi_in, "traffic selectors not a narrowing of ours", now)
-            return
+            raise _NotNarrowed("traffic selectors not a narrowing of ours")
         transport = (
             self.policy.child.transport_mode
             and notify_of(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
         )
-        child = self._install_child(
+        return self._install_child(
             sa,
             selection.algorithms,
             spi_in,
             selection.spi,
-            sa.ni,
-            sa.nr,
-            None,
+            ni,
+            nr,
+            g_ir,
             True,
             tsi.selectors,
             tsr.selectors,
             transport,
             now,
         )
-        self._events.append(ChildSaEstablished(child.info(self._udp_encap())))
 
     def _ts_acceptable(self, got: Sequence[TrafficSelector], offered: Sequence[TrafficSelector]) -> bool:
         """TSi in a response: a narrowing of ours, or our virtual addresses (§2.19)."""
@@ -1258,14 +1294,14 @@ class IkeSession:
         )
         return True
 
-    def _initiator_child_unusable(self, sa: IkeSa, spi_in: bytes, detail: str, now: float) -> None:
+    def _initiator_child_unusable(
+        self, sa: IkeSa, spi_in: bytes, notify: NotifyType | None, detail: str, now: float
+    ) -> None:
         """The responder created a Child SA we cannot use: delete it (RFC 7296 §2.9)."""
         if not self.policy.close_ike_on_child_failure:
             # the peer installed it; we did not: ask it to remove its side (§1.4.1)
             self._queue(Task(TaskKind.DELETE_CHILD, spis=(spi_in,)), now)
-        self._first_child_failed(
-            sa, NotifyType.TS_UNACCEPTABLE if "selector" in detail else None, detail, now
-        )
+        self._first_child_failed(sa, notify, detail, now)
 
     def _first_child_failed(
         self, sa: IkeSa, notify: NotifyType | int | None, detail: str, now: float
@@ -1601,50 +1637,19 @@ class IkeSession:
             return
         sa_payload = first_of(payloads, SecurityAssociation)
         nonce = first_of(payloads, Nonce)
-        tsi = first_of(payloads, TsInitiator)
-        tsr = first_of(payloads, TsResponder)
-        ke = first_of(payloads, KeyExchange)
         try:
-            if sa_payload is None or nonce is None or tsi is None or tsr is None:
-                raise NoProposalChosen("CREATE_CHILD_SA response lacks SA, Nonce or TS")
-            selection = accept_esp_response(offered, sa_payload)
-            g_ir = None
-            if selection.algorithms.dh != DhId.NONE:
-                if (
-                    key is None
-                    or ke is None
-                    or ke.group != selection.algorithms.dh
-                    or key.group.id != ke.group
-                ):
-                    raise NoProposalChosen("PFS group and KE payload disagree")
-                g_ir = key.shared_secret(ke.data)
-            if not self._ts_acceptable(tsi.selectors, ts_local) or not within(tsr.selectors, ts_remote):
-                raise NoProposalChosen("traffic selectors not a narrowing of ours")
+            if nonce is None:
+                raise NoProposalChosen("CREATE_CHILD_SA response lacks a Nonce")
+            child = self._accept_child(
+                sa, payloads, offered, spi_in, ni, nonce.data, key, ts_local, ts_remote, now
+            )
         except (NoProposalChosen, InvalidKePayload) as exc:
             # The responder installed an SA we will not use: delete it (RFC 7296 §2.9).
             log.warning("%s: unusable CREATE_CHILD_SA response: %s", sa.tag(), exc)
-            self._events.append(ChildSaFailed(None, str(exc), rekey_of=old.spi_in if old else None))
+            self._events.append(ChildSaFailed(exc.notify, str(exc), rekey_of=old.spi_in if old else None))
             if sa_payload is not None:
                 self._queue(Task(TaskKind.DELETE_CHILD, spis=(spi_in,)), now)
             return
-        transport = (
-            self.policy.child.transport_mode
-            and notify_of(payloads, NotifyType.USE_TRANSPORT_MODE) is not None
-        )
-        child = self._install_child(
-            sa,
-            selection.algorithms,
-            spi_in,
-            selection.spi,
-            ni,
-            nonce.data,
-            g_ir,
-            True,
-            tsi.selectors,
-            tsr.selectors,
-            transport,
-            now,
-        )
         if old is None:
             self._events.append(ChildSaEstablished(child.info(self._udp_encap())))
             return
