@@ -355,3 +355,27 @@ def test_unknown_spi_and_garbage_are_dropped_by_the_front_door() -> None:
         b"\x00" * 10, 0.0, remote_addr=CLIENT_ADDR
     )
     assert door.stats.dropped == 2
+
+
+def test_late_ike_sa_init_retransmission_opens_no_new_sa() -> None:
+    net, door = front_door()
+    net.client.session.initiate(net.now)
+    net.run(seconds=5)
+    assert net.client.session.established
+    late = net.sent_by("client")[0].data  # the IKE_SA_INIT request, arriving again
+    d = door.responder.receive(late, net.now, remote_addr=CLIENT_ADDR)
+    assert d.session is door.all_sessions[0] and not d.created
+    assert d.session.messages_to_send() == [] and door.responder.half_open == 0
+    assert door.responder.stats.sessions_created == 1
+    door.responder.forget(d.session)
+    assert door.responder.sessions() == [] and door.responder._by_init == {} and door.responder._by_spi == {}
+
+
+def test_forgetting_a_half_open_session_frees_its_slot() -> None:
+    net, door = front_door(cookies=CookiePolicy(max_half_open=1))
+    net.drop = lambda sent: sent.src == "client" and sent.index > 0
+    net.client.session.initiate(net.now)
+    net.run(seconds=1)
+    assert door.responder.half_open == 1
+    door.responder.forget(door.all_sessions[0])
+    assert door.responder.half_open == 0 and door.responder._half_open == {}

@@ -110,7 +110,10 @@ class IkeResponder:
         self._by_spi: dict[bytes, IkeSession] = {}  # our SPIs -> session
         self._spis_of: dict[IkeSession, frozenset[bytes]] = {}  # the reverse, for forget()
         self._half_open: dict[tuple[bytes, str], IkeSession] = {}  # (SPIi, peer IP)
-        self._half_open_key: dict[IkeSession, tuple[bytes, str]] = {}
+        self._init_key: dict[IkeSession, tuple[bytes, str]] = {}
+        # every session by its (SPIi, peer IP), for its whole life: a late retransmitted
+        # IKE_SA_INIT reaches it (and is dropped there) instead of opening a new SA
+        self._by_init: dict[tuple[bytes, str], IkeSession] = {}
         self._secrets: list[_Secret] = []
         self.stats = _Stats()
         self._sessions: set[IkeSession] = set()
@@ -135,10 +138,13 @@ class IkeResponder:
     def forget(self, session: IkeSession) -> None:
         """Drop every reference to a session (the daemon saw its IkeSaClosed)."""
         self._sessions.discard(session)
+        self._leave_half_open(session)
+        init_key = self._init_key.pop(session, None)
+        if init_key is not None and self._by_init.get(init_key) is session:
+            del self._by_init[init_key]
         for spi in self._spis_of.pop(session, frozenset()):
             if self._by_spi.get(spi) is session:
                 del self._by_spi[spi]
-        self._leave_half_open(session)
 
     # ---- input
 
@@ -181,7 +187,7 @@ class IkeResponder:
         local: Address | None,
         stream: bool,
     ) -> Dispatch:
-        known = self._half_open.get((spi_i, remote[0]))
+        known = self._by_init.get((spi_i, remote[0]))
         if known is not None and not known.closed:
             known.receive_message(data, now, remote, local_addr=local)  # a retransmission
             return Dispatch(known)
@@ -213,7 +219,8 @@ class IkeResponder:
         if not session.closed:
             self._sessions.add(session)
             self._half_open[(spi_i, remote[0])] = session
-            self._half_open_key[session] = (spi_i, remote[0])
+            self._init_key[session] = (spi_i, remote[0])
+            self._by_init[(spi_i, remote[0])] = session
             self._index(session)
         return Dispatch(session, created=True)
 
@@ -283,7 +290,7 @@ class IkeResponder:
             self._leave_half_open(session)
 
     def _leave_half_open(self, session: IkeSession) -> None:
-        key = self._half_open_key.pop(session, None)
+        key = self._init_key.get(session)
         if key is not None and self._half_open.get(key) is session:
             del self._half_open[key]
 
