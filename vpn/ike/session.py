@@ -19,7 +19,20 @@ Flow (the aioquic habit: inputs, outputs the caller pulls, local commands):
    (RFC 9329 §6.2). When a new connection carries the SA, call `transport_changed()`:
    the outstanding request is resent on it, byte for byte (RFC 9329 §6.2 MUST).
 5. Commands: `rekey_child`, `create_child`, `rekey_ike`, `delete_child`, `close`,
-   `update_addresses` (MOBIKE, client only), `check_liveness`, `peer_activity`.
+   `update_addresses` (MOBIKE, client only), `check_liveness`, `report_invalid_spi`,
+   and `peer_activity` (ESP arrived: postpones the liveness check).
+
+Notes for the driver:
+- Clock: `now` is any monotonic clock in seconds; certificate checks map it to wall
+  time through `CertAuthenticator(wall_clock=...)`.
+- UDP -> TCP for a new SA (RFC 9329 §5.1) is a new session (new SPI, new NAT-D); a
+  client may switch after a few `RequestRetransmitted` events or an `IkeSaClosed`
+  with reason TIMEOUT. For an established SA, `transport_changed` moves it.
+- TCP: keep the connection after an INVALID_KE_PAYLOAD answer (RFC 9329 §6.4); the
+  front door says when to close one after a COOKIE (`Dispatch.close_connection_after`).
+- Server: after `InitialContactReceived`, close the identity's other sessions; after
+  `IkeSaClosed`, `IkeResponder.forget(session)`; after commands or timers on a
+  responder session, `IkeResponder.refresh(session)` (an IKE rekey adds SPIs).
 
 A bad message never raises out of `receive_message`: it is dropped (unauthenticated or
 out of window) or answered with an error notify (RFC 7296 §2.21). Misuse of the API
@@ -44,6 +57,7 @@ from vpn.ike.constants import (
     HeaderFlag,
     NotifyType,
     ProtocolId,
+    TransformType,
 )
 from vpn.ike.credentials import AuthContext
 from vpn.ike.crypto import (
@@ -138,6 +152,10 @@ SIGNATURE_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorith
 # RFC 7296 §2.25: after TEMPORARY_FAILURE wait before retrying; give up after a few minutes.
 TEMPORARY_FAILURE_RETRY_SECONDS = 10.0
 TEMPORARY_FAILURE_MAX_RETRIES = 12
+# An IKE rekey waits this long for our own Child SA rekeys to finish (RFC 7296 §2.25.1),
+# and is tried again this long after a refusal (the hard lifetime ends it otherwise).
+IKE_REKEY_WAIT_SECONDS = 1.0
+IKE_REKEY_RETRY_SECONDS = 60.0
 # RFC 7383 §2.6.2: drop a reassembly that does not complete in this time.
 REASSEMBLY_TIMEOUT_SECONDS = 30.0
 _SK_EXCHANGES = frozenset({ExchangeType.IKE_AUTH, ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL})
@@ -737,12 +755,12 @@ class IkeSession:
 
     def _first_group(self) -> DhId:
         for prop in self._offered_ike:
-            for t in prop.transforms_of(4):
+            for t in prop.transforms_of(TransformType.DH):
                 return DhId(t.id)
         raise LocalProtocolError("no usable Diffie-Hellman group configured")
 
     def _offered_groups(self) -> list[DhId]:
-        return [DhId(t.id) for p in self._offered_ike for t in p.transforms_of(4)]
+        return [DhId(t.id) for p in self._offered_ike for t in p.transforms_of(TransformType.DH)]
 
     def _natd(self, spi_i: bytes, spi_r: bytes, addr: Address | None) -> bytes | None:
         if addr is None:
@@ -1768,7 +1786,7 @@ class IkeSession:
         if sa.fsm.state is not IkeState.ESTABLISHED or sa is not self._sa or sa.redundant:
             return None
         if any(c.state is ChildState.REKEYING for c in self._children.values()):
-            task.not_before = now + 1.0
+            task.not_before = now + IKE_REKEY_WAIT_SECONDS  # §2.25.1: let the Child exchanges end
             return None
         assert sa.algorithms is not None
         spi = self._new_ike_spi()
@@ -1791,9 +1809,9 @@ class IkeSession:
 
     @staticmethod
     def _group_first(p: Proposal, group: DhId) -> tuple[Transform, ...]:
-        dh = [t for t in p.transforms if t.type == 4]
+        dh = [t for t in p.transforms if t.type == TransformType.DH]
         first = [t for t in dh if t.id == group]
-        rest = [t for t in p.transforms if t.type != 4]
+        rest = [t for t in p.transforms if t.type != TransformType.DH]
         return (*rest, *first, *(t for t in dh if t.id != group))
 
     def _on_ike_rekey_response(
@@ -1824,7 +1842,7 @@ class IkeSession:
                     group = DhId(error.accepted_group())
                 except (MalformedMessage, ValueError):
                     group = DhId.NONE
-                if group in [DhId(t.id) for p in offered for t in p.transforms_of(4)]:
+                if group in [DhId(t.id) for p in offered for t in p.transforms_of(TransformType.DH)]:
                     self._queue(Task(TaskKind.REKEY_IKE, dh=group), now, front=True)
                     return
             if error.type == NotifyType.TEMPORARY_FAILURE and task.retries < TEMPORARY_FAILURE_MAX_RETRIES:
@@ -1833,7 +1851,7 @@ class IkeSession:
                 self._queue(retry, now)
                 return
             log.warning("%s: IKE rekey refused: %s", sa.tag(), _name(error.type))
-            sa.rekey_at = now + TEMPORARY_FAILURE_RETRY_SECONDS * 6
+            sa.rekey_at = now + IKE_REKEY_RETRY_SECONDS
             return
         sa_payload = first_of(payloads, SecurityAssociation)
         nonce = first_of(payloads, Nonce)
