@@ -126,7 +126,9 @@ def pki(
 ) -> dict[str, object]:
     ca = make_cert("Test Root CA", p384_key, ca=True, key_usage=ku(cert_sign=True))
     inter_key = ec.generate_private_key(ec.SECP256R1())
-    inter = make_cert("Test Intermediate", inter_key, (ca, p384_key), ca=True, key_usage=ku(cert_sign=True))
+    inter = make_cert(
+        "Test Intermediate", inter_key, (ca, p384_key), ca=True, key_usage=ku(cert_sign=True)
+    )
     ee_ec = make_cert("gw-ec", p256_key, (ca, p384_key), sans=SANS, key_usage=ku(sign=True))
     ee_rsa = make_cert("gw-rsa", rsa_key, (inter, inter_key), sans=SANS)
     return {"ca": ca, "inter": inter, "inter_key": inter_key, "ee_ec": ee_ec, "ee_rsa": ee_rsa}
@@ -202,7 +204,9 @@ def test_ecdsa_method14_round_trip(
 
 def test_method1_is_pkcs1_sha1(rsa_key: rsa.RSAPrivateKey) -> None:
     scheme = auth.choose_scheme(rsa_key, None)
-    assert scheme == auth.SignatureScheme(AuthMethod.RSA_SIG, auth.SigKind.RSA_PKCS1, HashAlgorithm.SHA1)
+    assert scheme == auth.SignatureScheme(
+        AuthMethod.RSA_SIG, auth.SigKind.RSA_PKCS1, HashAlgorithm.SHA1
+    )
     data = auth.sign(rsa_key, scheme, OCTETS)
     # Bare signature, no AlgorithmIdentifier; checkable with plain PKCS#1 v1.5 SHA-1.
     rsa_key.public_key().verify(data, OCTETS, padding.PKCS1v15(), hashes.SHA1())
@@ -217,7 +221,9 @@ def test_method1_is_pkcs1_sha1(rsa_key: rsa.RSAPrivateKey) -> None:
         ("p521_key", AuthMethod.ECDSA_SHA512_P521, 66),
     ],
 )
-def test_rfc4754_methods(request: pytest.FixtureRequest, fixture: str, method: AuthMethod, size: int) -> None:
+def test_rfc4754_methods(
+    request: pytest.FixtureRequest, fixture: str, method: AuthMethod, size: int
+) -> None:
     key = request.getfixturevalue(fixture)
     scheme = auth.choose_scheme(key, ())
     assert scheme.method == method
@@ -239,7 +245,9 @@ def test_rfc4754_method_must_match_curve(
     with pytest.raises(LocalProtocolError):
         auth.sign(
             p384_key,
-            auth.SignatureScheme(AuthMethod.ECDSA_SHA256_P256, auth.SigKind.ECDSA, HashAlgorithm.SHA2_256),
+            auth.SignatureScheme(
+                AuthMethod.ECDSA_SHA256_P256, auth.SigKind.ECDSA, HashAlgorithm.SHA2_256
+            ),
             OCTETS,
         )
 
@@ -262,7 +270,9 @@ def test_tampering_fails(
         else:
             # sha256 -> sha384 inside the AlgorithmIdentifier: same structure, other hash.
             algid = auth.algorithm_identifier(scheme)
-            other = auth.algorithm_identifier(auth.SignatureScheme(DS, scheme.kind, HashAlgorithm.SHA2_384))
+            other = auth.algorithm_identifier(
+                auth.SignatureScheme(DS, scheme.kind, HashAlgorithm.SHA2_384)
+            )
             data = bytearray(bytes(data).replace(algid, other, 1))
         with pytest.raises(AuthenticationFailed):
             auth.verify_signature(key.public_key(), DS, bytes(data), octets)
@@ -326,7 +336,9 @@ def test_pss_parameters_encoding() -> None:
     assert auth.algorithm_identifier(ecdsa).hex() == "300a06082a8648ce3d040303"
 
 
-def _pss_algid(hash_oid: str, mgf_oid: str, salt: int, *, null: bool = True, trailer: int = 0) -> bytes:
+def _pss_algid(
+    hash_oid: str, mgf_oid: str, salt: int, *, null: bool = True, trailer: int = 0
+) -> bytes:
     d = certs.der_tlv
     nul = b"\x05\x00" if null else b""
     h = d(0x30, certs.der_oid(hash_oid) + nul)
@@ -345,18 +357,26 @@ def test_pss_parameters_are_honoured(rsa_key: rsa.RSAPrivateKey) -> None:
     # Salt 20 announced and used, hash params absent (RFC 4055 allows both forms).
     sig = rsa_key.sign(OCTETS, padding.PSS(padding.MGF1(hashes.SHA256()), 20), hashes.SHA256())
     algid = _pss_algid(SHA256_OID, SHA256_OID, 20, null=False)
-    assert auth.verify_signature(pub, DS, _method14(algid, sig), OCTETS).kind is auth.SigKind.RSA_PSS
+    assert (
+        auth.verify_signature(pub, DS, _method14(algid, sig), OCTETS).kind is auth.SigKind.RSA_PSS
+    )
     # The same signature under params claiming salt 32 does not verify.
     with pytest.raises(AuthenticationFailed):
-        auth.verify_signature(pub, DS, _method14(_pss_algid(SHA256_OID, SHA256_OID, 32), sig), OCTETS)
+        auth.verify_signature(
+            pub, DS, _method14(_pss_algid(SHA256_OID, SHA256_OID, 32), sig), OCTETS
+        )
     # MGF1 over a different hash, as announced.
     sig = rsa_key.sign(OCTETS, padding.PSS(padding.MGF1(hashes.SHA384()), 32), hashes.SHA256())
     algid = _pss_algid(SHA256_OID, SHA384_OID, 32)
     auth.verify_signature(pub, DS, _method14(algid, sig), OCTETS)
     with pytest.raises(AuthenticationFailed):
-        auth.verify_signature(pub, DS, _method14(_pss_algid(SHA256_OID, SHA256_OID, 32), sig), OCTETS)
+        auth.verify_signature(
+            pub, DS, _method14(_pss_algid(SHA256_OID, SHA256_OID, 32), sig), OCTETS
+        )
     # trailerField 1 is fine, anything else refused; PSS without params refused.
-    auth.verify_signature(pub, DS, _method14(_pss_algid(SHA256_OID, SHA384_OID, 32, trailer=1), sig), OCTETS)
+    auth.verify_signature(
+        pub, DS, _method14(_pss_algid(SHA256_OID, SHA384_OID, 32, trailer=1), sig), OCTETS
+    )
     with pytest.raises(AuthenticationFailed, match="trailerField"):
         auth.verify_signature(
             pub, DS, _method14(_pss_algid(SHA256_OID, SHA384_OID, 32, trailer=2), sig), OCTETS
@@ -446,7 +466,9 @@ def test_chain_to_ca(pki: dict[str, x509.Certificate]) -> None:
     assert store.validate(mixed, NOW) == pki["ee_rsa"]
 
 
-def test_chain_failures(pki: dict[str, x509.Certificate], p384_key: ec.EllipticCurvePrivateKey) -> None:
+def test_chain_failures(
+    pki: dict[str, x509.Certificate], p384_key: ec.EllipticCurvePrivateKey
+) -> None:
     store = certs.TrustStore((pki["ca"],))
     with pytest.raises(AuthenticationFailed, match="chain"):
         store.validate(payloads(pki["ee_rsa"]), NOW)  # intermediate missing
@@ -462,7 +484,9 @@ def test_chain_failures(pki: dict[str, x509.Certificate], p384_key: ec.EllipticC
         certs.TrustStore(()).validate(payloads(pki["ee_ec"]), NOW)
 
 
-def test_validity_period(pki: dict[str, x509.Certificate], p384_key: ec.EllipticCurvePrivateKey) -> None:
+def test_validity_period(
+    pki: dict[str, x509.Certificate], p384_key: ec.EllipticCurvePrivateKey
+) -> None:
     store = certs.TrustStore((pki["ca"],))
     with pytest.raises(AuthenticationFailed, match="expired"):
         store.validate(payloads(pki["ee_ec"]), dt.datetime(2036, 1, 1, tzinfo=dt.UTC))
@@ -483,7 +507,9 @@ def test_validity_period(pki: dict[str, x509.Certificate], p384_key: ec.Elliptic
         store.validate(payloads(pki["ee_ec"]), dt.datetime(2030, 1, 1))
 
 
-def test_ca_constraints(pki: dict[str, x509.Certificate], p384_key: ec.EllipticCurvePrivateKey) -> None:
+def test_ca_constraints(
+    pki: dict[str, x509.Certificate], p384_key: ec.EllipticCurvePrivateKey
+) -> None:
     store = certs.TrustStore((pki["ca"],))
     ee_key = ec.generate_private_key(ec.SECP256R1())
     # An end entity (cA false) cannot issue.
@@ -493,7 +519,9 @@ def test_ca_constraints(pki: dict[str, x509.Certificate], p384_key: ec.EllipticC
     with pytest.raises(AuthenticationFailed, match="not a CA"):
         store.validate(payloads(ee, not_ca), NOW)
     # keyUsage without keyCertSign on the issuer.
-    ku_inter = make_cert("KU Inter", fake_inter_key, (pki["ca"], p384_key), ca=True, key_usage=ku(sign=True))
+    ku_inter = make_cert(
+        "KU Inter", fake_inter_key, (pki["ca"], p384_key), ca=True, key_usage=ku(sign=True)
+    )
     ee = make_cert("gw", ee_key, (ku_inter, fake_inter_key))
     with pytest.raises(AuthenticationFailed, match="keyCertSign"):
         store.validate(payloads(ee, ku_inter), NOW)
@@ -542,7 +570,9 @@ def test_short_rsa_end_entity_refused(
         (IdType.ID_IPV6_ADDR, ipaddress.ip_address("2001:db8::7").packed),
     ],
 )
-def test_identity_matches_san(pki: dict[str, x509.Certificate], id_type: IdType, data: bytes) -> None:
+def test_identity_matches_san(
+    pki: dict[str, x509.Certificate], id_type: IdType, data: bytes
+) -> None:
     certs.match_identity(pki["ee_ec"], id_type, data)
 
 
@@ -576,7 +606,9 @@ def test_identity_dn(pki: dict[str, x509.Certificate]) -> None:
     printable = x509.Name(
         [
             x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "VPN  Test", x509.name._ASN1Type.PrintableString),
+            x509.NameAttribute(
+                NameOID.ORGANIZATION_NAME, "VPN  Test", x509.name._ASN1Type.PrintableString
+            ),
             x509.NameAttribute(NameOID.COMMON_NAME, "GW-EC", x509.name._ASN1Type.UTF8String),
         ]
     ).public_bytes()
@@ -668,7 +700,10 @@ def test_der_reader_strictness() -> None:
             certs.der_read(bad)
     with pytest.raises(certs.DerError):
         certs.der_one(b"\x04\x01xy", 0x04)
-    assert certs.der_oid_to_dotted(certs.der_oid("1.2.840.113549.1.1.10")[2:]) == "1.2.840.113549.1.1.10"
+    assert (
+        certs.der_oid_to_dotted(certs.der_oid("1.2.840.113549.1.1.10")[2:])
+        == "1.2.840.113549.1.1.10"
+    )
     assert certs.der_oid_to_dotted(certs.der_oid("2.999.3")[2:]) == "2.999.3"
     with pytest.raises(certs.DerError):
         certs.der_oid_to_dotted(b"\x2a\x80\x01")

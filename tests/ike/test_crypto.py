@@ -67,7 +67,8 @@ RFC4231 = [
         "0b" * 20,
         b"Hi There".hex(),
         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
-        "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59cfaea9ea9076ede7f4af152e8b2fa9cb6",
+        "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59c"
+        "faea9ea9076ede7f4af152e8b2fa9cb6",
         "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde"
         "daa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
     ),
@@ -75,7 +76,8 @@ RFC4231 = [
         b"Jefe".hex(),
         b"what do ya want for nothing?".hex(),
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
-        "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
+        "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e"
+        "8e2240ca5e69e2c78b3239ecfab21649",
         "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554"
         "9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
     ),
@@ -83,7 +85,8 @@ RFC4231 = [
         "aa" * 20,
         "dd" * 50,
         "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
-        "88062608d3e6ad8a0aa2ace014c8a86f0aa635d947ac9febe83ef4e55966144b2a5ab39dc13814b94e3ab6e101a34f27",
+        "88062608d3e6ad8a0aa2ace014c8a86f0aa635d947ac9febe83ef4e55966144b"
+        "2a5ab39dc13814b94e3ab6e101a34f27",
         "fa73b0089d56a284efb0f0756c890be9b1b5dbdd8ee81a3655f83e33b2279d39"
         "bf3e848279a722c806b485a47e67c807b946a337bee8942674278859e13292fb",
     ),
@@ -91,7 +94,8 @@ RFC4231 = [
         "0102030405060708090a0b0c0d0e0f10111213141516171819",
         "cd" * 50,
         "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
-        "3e8a69b7783c25851933ab6290af6ca77a9981480850009cc5577c6e1f573b4e6801dd23c4a7d679ccf8a386c674cffb",
+        "3e8a69b7783c25851933ab6290af6ca77a9981480850009cc5577c6e1f573b4e"
+        "6801dd23c4a7d679ccf8a386c674cffb",
         "b0ba465637458c6990e5a8c5f61d4af7e576d97ff94b872de76f8050361ee3db"
         "a91ca5c11aa25eb4d679275cc5788063a5f19741120c4f2de2adebeb10a298dd",
     ),
@@ -99,7 +103,8 @@ RFC4231 = [
         "aa" * 131,
         b"Test Using Larger Than Block-Size Key - Hash Key First".hex(),
         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
-        "4ece084485813e9088d2c63a041bc5b44f9ef1012a2b588f3cd11f05033ac4c60c2ef6ab4030fe8296248df163f44952",
+        "4ece084485813e9088d2c63a041bc5b44f9ef1012a2b588f3cd11f05033ac4c6"
+        "0c2ef6ab4030fe8296248df163f44952",
         "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f352"
         "6b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598",
     ),
@@ -109,7 +114,8 @@ RFC4231 = [
         b"block-size data. The key needs to be hashed before being used by the "
         b"HMAC algorithm.".hex(),
         "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
-        "6617178e941f020d351e2f254e8fd32c602420feb0b8fb9adccebb82461e99c5a678cc31e799176d3860e6110c46523e",
+        "6617178e941f020d351e2f254e8fd32c602420feb0b8fb9adccebb82461e99c5"
+        "a678cc31e799176d3860e6110c46523e",
         "e37b6a775dc87dbaa4dfa9f96e5e3ffddebd71f8867289865df5a32d20cdc944"
         "b6022cac3c4982b10d5eeb55c3e4de15134676fb6de0446065c97440fa8c6a58",
     ),
@@ -271,7 +277,9 @@ def test_rekeyed_ike_sa_uses_old_prf_for_skeyseed_and_new_prf_for_prf_plus() -> 
     old = IkeSaKeys.derive(
         IkeSuite.from_ids(EncrId.AES_GCM_16, 256, PrfId.HMAC_SHA2_256), G_IR, NI, NR, SPI_I, SPI_R
     )
-    new_suite = IkeSuite.from_ids(EncrId.AES_CBC, 256, PrfId.HMAC_SHA2_512, IntegId.HMAC_SHA2_512_256)
+    new_suite = IkeSuite.from_ids(
+        EncrId.AES_CBC, 256, PrfId.HMAC_SHA2_512, IntegId.HMAC_SHA2_512_256
+    )
     g_new, ni2, nr2 = b"\x42" * 32, b"\x01" * 24, b"\x02" * 40
     spi_i2, spi_r2 = b"\x11" * 8, b"\x22" * 8
     new = old.rekeyed(new_suite, g_new, ni2, nr2, spi_i2, spi_r2)
@@ -445,7 +453,9 @@ def test_sk_every_bit_flip_fails(encr: EncrId, bits: int, integ: IntegId) -> Non
 
 
 @pytest.mark.parametrize(("encr", "bits", "integ"), SK_SUITES, ids=SK_IDS)
-def test_sk_truncated_extended_or_foreign_bodies_fail(encr: EncrId, bits: int, integ: IntegId) -> None:
+def test_sk_truncated_extended_or_foreign_bodies_fail(
+    encr: EncrId, bits: int, integ: IntegId
+) -> None:
     cipher = make_cipher(encr, bits, integ)
     aad = header_for(cipher, len(PLAIN))
     body = cipher.seal(aad, PLAIN, make_iv(cipher))
@@ -583,7 +593,9 @@ def test_sk_open_of_arbitrary_bytes_only_raises_integrity_error(
 # --- NAT detection (RFC 7296 §2.23) ------------------------------------------------------
 
 
-@pytest.mark.parametrize("address", ["192.0.2.1", "10.77.0.3", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1"])
+@pytest.mark.parametrize(
+    "address", ["192.0.2.1", "10.77.0.3", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1"]
+)
 def test_nat_detection_hash(address: str) -> None:
     spi_i, spi_r = bytes.fromhex("513b68b26bee6548"), bytes(8)
     packed = ipaddress.ip_address(address).packed

@@ -206,17 +206,20 @@ RFC5903_VECTORS = {
         "d6840f6b42f6edafd13116e0e12565202fef8e9ece7dce03812464d04b9442de",
     ),
     DhId.ECP384: (
-        "099f3c7034d4a2c699884d73a375a67f7624ef7c6b3c0f160647b67414dce655e35b538041e649ee3faef896783ab194",
+        "099f3c7034d4a2c699884d73a375a67f7624ef7c6b3c0f160647b67414dce655"
+        "e35b538041e649ee3faef896783ab194",
         "667842d7d180ac2cde6f74f37551f55755c7645c20ef73e31634fe72b4c55ee6"
         "de3ac808acb4bdb4c88732aee95f41aa"
         "9482ed1fc0eeb9cafc4984625ccfc23f65032149e0e144ada024181535a0f38e"
         "eb9fcff3c2c947dae69b4c634573a81c",
-        "41cb0779b4bdb85d47846725fbec3c9430fab46cc8dc5060855cc9bda0aa2942e0308312916b8ed2960e4bd55a7448fc",
+        "41cb0779b4bdb85d47846725fbec3c9430fab46cc8dc5060855cc9bda0aa2942"
+        "e0308312916b8ed2960e4bd55a7448fc",
         "e558dbef53eecde3d3fccfc1aea08a89a987475d12fd950d83cfa41732bc509d"
         "0d1ac43a0336def96fda41d0774a3571"
         "dcfbec7aacf3196472169e838430367f66eebe3c6e70c416dd5f0c68759dd1ff"
         "f83fa40142209dff5eaad96db9e6386c",
-        "11187331c279962d93d604243fd592cb9d0a926f422e47187521287e7156c5c4d603135569b9e9d09cf5d4a270f59746",
+        "11187331c279962d93d604243fd592cb9d0a926f422e47187521287e7156c5c4"
+        "d603135569b9e9d09cf5d4a270f59746",
     ),
     DhId.ECP521: (
         "0037ade9319a89f4dabdb3ef411aaccca5123c61acab57b5393dce47608172a0"
@@ -313,10 +316,18 @@ def test_ecp521_rejects_unreduced_coordinates() -> None:
 
 def test_rfc7748_section_6_1_diffie_hellman() -> None:
     group = dh_group(DhId.CURVE25519)
-    alice = group.generate(bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
-    bob = group.generate(bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"))
-    assert alice.public_value.hex() == ("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
-    assert bob.public_value.hex() == ("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    alice = group.generate(
+        bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    )
+    bob = group.generate(
+        bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    )
+    assert alice.public_value.hex() == (
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    )
+    assert bob.public_value.hex() == (
+        "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    )
     shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
     assert alice.shared_secret(bob.public_value).hex() == shared
     assert bob.shared_secret(alice.public_value).hex() == shared
@@ -410,7 +421,9 @@ def _fuzz_peer_value(group: DhGroup, data: bytes) -> None:
 )
 def test_fuzz_curve_peer_values(group_id: DhId, data: st.DataObject) -> None:
     group = dh_group(group_id)
-    size = data.draw(st.sampled_from([group.public_bytes, group.public_bytes, 0, group.public_bytes + 1]))
+    size = data.draw(
+        st.sampled_from([group.public_bytes, group.public_bytes, 0, group.public_bytes + 1])
+    )
     _fuzz_peer_value(group, data.draw(st.binary(min_size=size, max_size=size)))
 
 
@@ -418,4 +431,6 @@ def test_fuzz_curve_peer_values(group_id: DhId, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_fuzz_modp_peer_values(data: st.DataObject) -> None:
     group = dh_group(data.draw(st.sampled_from(MODP_GROUPS)))
-    _fuzz_peer_value(group, data.draw(st.binary(min_size=group.public_bytes, max_size=group.public_bytes)))
+    _fuzz_peer_value(
+        group, data.draw(st.binary(min_size=group.public_bytes, max_size=group.public_bytes))
+    )

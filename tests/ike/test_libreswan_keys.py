@@ -121,7 +121,9 @@ def test_skeyseed_and_every_sk_key(name: str) -> None:
     ike = _session(name)["ike_sa"]
     assert "ENCR_AES_GCM_16 (20), Key Length 256" in ike["transforms"]["ENCR"]
     assert "(5)" in ike["transforms"]["PRF"]
-    skeyseed = compute_skeyseed(get_prf(PrfId.HMAC_SHA2_256), _h(ike["ni"]), _h(ike["nr"]), _h(ike["g_ir"]))
+    skeyseed = compute_skeyseed(
+        get_prf(PrfId.HMAC_SHA2_256), _h(ike["ni"]), _h(ike["nr"]), _h(ike["g_ir"])
+    )
     assert skeyseed == _h(ike["skeyseed"])
 
     keys = _ike_keys(ike)

@@ -298,7 +298,11 @@ def test_create_child_sa_and_informational_inner_payloads(session: str) -> None:
     _, answer = responses[2]
     assert answer == [
         SecurityAssociation(
-            (Proposal(1, ProtocolId.ESP, bytes.fromhex(new["i2r"]["spi"]), (ENCR_GCM_256, dh, esn)),)
+            (
+                Proposal(
+                    1, ProtocolId.ESP, bytes.fromhex(new["i2r"]["spi"]), (ENCR_GCM_256, dh, esn)
+                ),
+            )
         ),
         Nonce(bytes.fromhex(new["nr"])),
         KeyExchange(group, bytes.fromhex(new["ke_r"])),

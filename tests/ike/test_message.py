@@ -143,7 +143,9 @@ def test_ike_sa_init_with_sa_payload_from_rfc_layout() -> None:
         """
     )
     msg = Message.decode(wire)
-    assert msg == Message(SPI_I, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0, (SA_PAYLOAD,))
+    assert msg == Message(
+        SPI_I, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0, (SA_PAYLOAD,)
+    )
     assert msg.next_payload == PayloadType.SA
     assert msg.is_initiator and msg.is_request and not msg.is_response
     assert msg.encode() == wire
@@ -371,7 +373,9 @@ def test_unknown_critical_payload_rejects_the_message() -> None:
 
 def test_critical_bit_on_a_known_payload_is_ignored() -> None:
     # §2.5: the C bit "MUST be ignored by the recipient if [it] understands the payload type".
-    assert decode_payloads(PayloadType.NONCE, generic(0, bytes(16), critical=True)) == [Nonce(bytes(16))]
+    assert decode_payloads(PayloadType.NONCE, generic(0, bytes(16), critical=True)) == [
+        Nonce(bytes(16))
+    ]
 
 
 # --------------------------------------------------------------------------- SK and SKF
@@ -393,7 +397,9 @@ def test_sk_message_layout_and_aad() -> None:
 
 
 def test_sk_aad_counts_unencrypted_payloads_before_sk() -> None:
-    shell = Message(SPI_I, SPI_R, ExchangeType.INFORMATIONAL, HeaderFlag.RESPONSE, 7, (VendorId(b"v"),))
+    shell = Message(
+        SPI_I, SPI_R, ExchangeType.INFORMATIONAL, HeaderFlag.RESPONSE, 7, (VendorId(b"v"),)
+    )
     body = bytes(40)
     data = shell.encode_with_sk(PayloadType.DELETE, body)
     assert data == shell.sk_aad(PayloadType.DELETE, len(body)) + body
@@ -495,12 +501,16 @@ def test_traffic_selector_narrowing() -> None:
     assert opaque.intersect(anything) == opaque
     assert opaque.intersect(opaque) == opaque
     assert opaque.intersect(TrafficSelector.from_network("10.0.0.0/8", 17, (53, 53))) is None
-    reversed_range = TrafficSelector(ipaddress.ip_address("10.0.0.9"), ipaddress.ip_address("10.0.0.1"))
+    reversed_range = TrafficSelector(
+        ipaddress.ip_address("10.0.0.9"), ipaddress.ip_address("10.0.0.1")
+    )
     assert reversed_range.networks() == []
 
 
 def test_config_attribute_accessors() -> None:
-    assert ConfigAttribute.address("10.78.0.10").ip_interface() == ipaddress.ip_interface("10.78.0.10/32")
+    assert ConfigAttribute.address("10.78.0.10").ip_interface() == ipaddress.ip_interface(
+        "10.78.0.10/32"
+    )
     v6 = ConfigAttribute.address("fd00::10/64")
     assert v6.type == CfgAttr.INTERNAL_IP6_ADDRESS
     assert v6.ip_interface() == ipaddress.ip_interface("fd00::10/64")
@@ -514,7 +524,9 @@ def test_config_attribute_accessors() -> None:
     assert bad_mask.ip_network() is None
     bad_prefix = ConfigAttribute(CfgAttr.INTERNAL_IP6_ADDRESS, bytes(16) + b"\xff")
     assert bad_prefix.ip_interface() is None
-    cp = Configuration(CfgType.CFG_REPLY, (ConfigAttribute.dns("1.1.1.1"), ConfigAttribute.dns("::1")))
+    cp = Configuration(
+        CfgType.CFG_REPLY, (ConfigAttribute.dns("1.1.1.1"), ConfigAttribute.dns("::1"))
+    )
     assert cp.values_of(CfgAttr.INTERNAL_IP6_DNS) == (ConfigAttribute.dns("::1"),)
 
 
@@ -545,7 +557,9 @@ MALFORMED_MESSAGES = {
     "SKF fragment above total": ike(PayloadType.SKF, generic(0, h("0003 0002") + b"x")),
     "SKF header truncated": ike(PayloadType.SKF, generic(0, h("0001 00"))),
     "too many payloads": ike(PayloadType.VENDOR_ID, _many(b"", MAX_PAYLOADS + 1)),
-    "longer than any transport allows": ike(PayloadType.VENDOR_ID, generic(0, bytes(MAX_MESSAGE_BYTES - 28))),
+    "longer than any transport allows": ike(
+        PayloadType.VENDOR_ID, generic(0, bytes(MAX_MESSAGE_BYTES - 28))
+    ),
 }
 
 

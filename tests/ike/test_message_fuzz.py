@@ -78,7 +78,9 @@ transform = st.builds(
     st.lists(attribute, max_size=7).map(tuple),
 )
 proposal = st.builds(Proposal, u8, u8, blob(8), st.lists(transform, max_size=6).map(tuple))
-security_association = st.builds(SecurityAssociation, st.lists(proposal, min_size=1, max_size=4).map(tuple))
+security_association = st.builds(
+    SecurityAssociation, st.lists(proposal, min_size=1, max_size=4).map(tuple)
+)
 
 
 @st.composite

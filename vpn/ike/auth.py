@@ -330,7 +330,9 @@ def sign(key: PrivateKey, scheme: SignatureScheme, octets: bytes) -> bytes:
     return bytes((len(algid),)) + algid + signature
 
 
-def verify_signature(key: PublicKey, method: int, auth_data: bytes, octets: bytes) -> SignatureScheme:
+def verify_signature(
+    key: PublicKey, method: int, auth_data: bytes, octets: bytes
+) -> SignatureScheme:
     """Verify a peer's signature AUTH data; returns the scheme it used.
 
     Accepts method 14 (any supported AlgorithmIdentifier except SHA-1, RFC 8247 §3.2),

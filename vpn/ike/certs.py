@@ -460,7 +460,9 @@ def match_identity(cert: x509.Certificate, id_type: int, id_data: bytes) -> None
             if any(v == addr for v in _san_addresses(cert)):
                 return
         elif id_type == IdType.ID_DER_ASN1_DN:
-            if id_data == cert.subject.public_bytes() or parse_dn(id_data) == _name_key(cert.subject):
+            if id_data == cert.subject.public_bytes() or parse_dn(id_data) == _name_key(
+                cert.subject
+            ):
                 return
         elif id_type == IdType.ID_KEY_ID:
             if id_data in _key_ids(cert):

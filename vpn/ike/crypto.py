@@ -110,7 +110,9 @@ def encr_algorithm(encr_id: EncrId | int, key_bits: int) -> EncrAlgorithm:
         raise LocalProtocolError(f"unsupported AES key length {key_bits}")
     if encr_id == EncrId.AES_GCM_16:
         # RFC 5282 §3: no alignment requirement on the Padding, so none is sent.
-        return EncrAlgorithm(EncrId.AES_GCM_16, key_bits, GCM_IV_BYTES, GCM_SALT_BYTES, GCM_16_ICV_BYTES, 1)
+        return EncrAlgorithm(
+            EncrId.AES_GCM_16, key_bits, GCM_IV_BYTES, GCM_SALT_BYTES, GCM_16_ICV_BYTES, 1
+        )
     # RFC 3602 §3: IV of one block; plaintext a multiple of the block.
     return EncrAlgorithm(EncrId.AES_CBC, key_bits, AES_BLOCK_BYTES, 0, 0, AES_BLOCK_BYTES)
 
@@ -193,7 +195,9 @@ class EspSuite:
         _check_integ_pairing(self.encr, self.integ)
 
     @classmethod
-    def from_ids(cls, encr: EncrId | int, key_bits: int, integ: IntegId | int = IntegId.NONE) -> EspSuite:
+    def from_ids(
+        cls, encr: EncrId | int, key_bits: int, integ: IntegId | int = IntegId.NONE
+    ) -> EspSuite:
         return cls(encr_algorithm(encr, key_bits), integ_algorithm(integ))
 
 
@@ -254,7 +258,13 @@ class SkCipher:
 
     def body_length(self, plain_len: int) -> int:
         """Length of `seal`'s output for `plain_len` bytes of inner payloads."""
-        return self.encr.iv_bytes + plain_len + self._pad_bytes(plain_len) + PAD_LENGTH_BYTES + self.icv_bytes
+        return (
+            self.encr.iv_bytes
+            + plain_len
+            + self._pad_bytes(plain_len)
+            + PAD_LENGTH_BYTES
+            + self.icv_bytes
+        )
 
     def seal(self, aad: bytes, plaintext: bytes, iv: bytes) -> bytes:
         """IV | E(plaintext | padding | pad length) | ICV (RFC 7296 §3.14)."""
@@ -353,7 +363,9 @@ class IkeSaKeys:
         skeyseed = compute_rekey_skeyseed(self.suite.prf, self.sk_d, g_ir, ni, nr)
         return derive_ike_sa_keys(suite, skeyseed, ni, nr, spi_i, spi_r)
 
-    def child_sa_keys(self, esp: EspSuite, ni: bytes, nr: bytes, g_ir: bytes | None = None) -> ChildSaKeys:
+    def child_sa_keys(
+        self, esp: EspSuite, ni: bytes, nr: bytes, g_ir: bytes | None = None
+    ) -> ChildSaKeys:
         """KEYMAT of a Child SA created or rekeyed under this IKE SA (§2.17)."""
         return derive_child_sa_keys(self.suite.prf, self.sk_d, esp, ni, nr, g_ir)
 
@@ -404,7 +416,9 @@ def compute_skeyseed(prf: Prf, ni: bytes, nr: bytes, g_ir: bytes) -> bytes:
     return prf(ni + nr, g_ir)
 
 
-def compute_rekey_skeyseed(old_prf: Prf, old_sk_d: bytes, g_ir: bytes, ni: bytes, nr: bytes) -> bytes:
+def compute_rekey_skeyseed(
+    old_prf: Prf, old_sk_d: bytes, g_ir: bytes, ni: bytes, nr: bytes
+) -> bytes:
     """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), with the old SA's PRF (§2.18)."""
     return old_prf(old_sk_d, g_ir + ni + nr)
 

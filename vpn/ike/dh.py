@@ -235,7 +235,9 @@ class EcpGroup(DhGroup):
 
     __slots__ = ("curve", "coordinate_bytes", "field_prime", "order")
 
-    def __init__(self, group_id: DhId, curve: ec.EllipticCurve, field_prime: int, order: int) -> None:
+    def __init__(
+        self, group_id: DhId, curve: ec.EllipticCurve, field_prime: int, order: int
+    ) -> None:
         size = (field_prime.bit_length() + 7) // 8
         super().__init__(group_id, 2 * size, size)
         self.curve = curve

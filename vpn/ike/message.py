@@ -371,7 +371,9 @@ class Message(_HeaderFlags):
         """This message plus an SK payload with the sealed `body`: `sk_aad(...) + body`."""
         return self._sealed(Encrypted(first_payload, body))
 
-    def skf_aad(self, number: int, total: int, first_payload: PayloadType | int, body_length: int) -> bytes:
+    def skf_aad(
+        self, number: int, total: int, first_payload: PayloadType | int, body_length: int
+    ) -> bytes:
         """The bytes before the body of fragment `number` of `total` (RFC 7383 §2.5)."""
         _check_fragment(number, total)
         fragment = EncryptedFragment(number, total, first_payload, b"")
@@ -391,7 +393,9 @@ class Message(_HeaderFlags):
         self._push(buf, (*self.payloads, tail))
         return buf.data()
 
-    def _aad(self, tail: Encrypted | EncryptedFragment, header_bytes: int, body_length: int) -> bytes:
+    def _aad(
+        self, tail: Encrypted | EncryptedFragment, header_bytes: int, body_length: int
+    ) -> bytes:
         # Encode with an empty body, then make both lengths count the body to come.
         if body_length < 0:
             raise LocalProtocolError("negative body length")

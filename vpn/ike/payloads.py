@@ -640,7 +640,9 @@ class Notify(Payload):
         if len(self.data) % 2:
             raise MalformedMessage("SIGNATURE_HASH_ALGORITHMS data has an odd length")
         d = self.data
-        return tuple(as_enum(HashAlgorithm, int.from_bytes(d[i : i + 2], "big")) for i in range(0, len(d), 2))
+        return tuple(
+            as_enum(HashAlgorithm, int.from_bytes(d[i : i + 2], "big")) for i in range(0, len(d), 2)
+        )
 
     @classmethod
     def invalid_ke_payload(cls, group: DhId | int) -> Notify:
@@ -771,7 +773,9 @@ class TrafficSelector:
 
     def contains(self, address: IPAddress) -> bool:
         """Whether an address lies in the range (protocol and ports not considered)."""
-        return address.version == self.start.version and (int(self.start) <= int(address) <= int(self.end))
+        return address.version == self.start.version and (
+            int(self.start) <= int(address) <= int(self.end)
+        )
 
     def networks(self) -> list[IPNetwork]:
         """The range as the smallest list of CIDR prefixes (for routes and firewall rules)."""
@@ -797,11 +801,15 @@ class TrafficSelector:
             return None
         if self.protocol and other.protocol and self.protocol != other.protocol:
             return None
-        ports = _intersect_ports((self.start_port, self.end_port), (other.start_port, other.end_port))
+        ports = _intersect_ports(
+            (self.start_port, self.end_port), (other.start_port, other.end_port)
+        )
         if ports is None:
             return None
         make = ipaddress.IPv4Address if self.start.version == 4 else ipaddress.IPv6Address
-        return TrafficSelector(make(start), make(end), self.protocol or other.protocol, ports[0], ports[1])
+        return TrafficSelector(
+            make(start), make(end), self.protocol or other.protocol, ports[0], ports[1]
+        )
 
 
 def _intersect_ports(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int] | None:

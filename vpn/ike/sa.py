@@ -53,8 +53,6 @@ class ChildSa:
     # RFC 7296 §2.8.1: the SA the peer created by rekeying this one while our own rekey
     # was outstanding, with that exchange's (Ni, Nr); resolved when our response arrives.
     collision: tuple[ChildSa, bytes, bytes] | None = None
-    # The replacement that won (set once this SA is REKEYED), for the deletion reason.
-    replaced_by: ChildSa | None = None
     # Set when the peer is expected to delete this SA (replaced, or a collision loser).
     doomed: ChildCloseReason | None = None
     reported: bool = False  # a ChildSaDeleted has been emitted
@@ -159,10 +157,6 @@ class IkeSa:
     @property
     def local_spi(self) -> bytes:
         return self.spi_i if self.initiator else self.spi_r
-
-    @property
-    def peer_spi(self) -> bytes:
-        return self.spi_r if self.initiator else self.spi_i
 
     def tag(self) -> str:
         return f"{self.spi_i.hex()}_i {self.spi_r.hex()}_r"

@@ -1679,7 +1679,6 @@ class IkeSession:
             theirs, their_ni, their_nr = old.collision
             old.collision = None
             if min(ni, nonce.data) < min(their_ni, their_nr):
-                old.replaced_by = theirs
                 old.state, old.doomed = ChildState.REKEYED, ChildCloseReason.REKEYED  # the peer deletes it
                 self._delete_children((child,), ChildCloseReason.REDUNDANT, now)
                 return
@@ -1687,7 +1686,6 @@ class IkeSession:
                 ChildState.REKEYED,
                 ChildCloseReason.REDUNDANT,
             )  # the peer deletes it
-        old.replaced_by = child
         self._delete_children((old,), ChildCloseReason.REKEYED, now)
 
     def _child_request_failed(self, sa: IkeSa, task: Task, error: Notify, now: float) -> None:
@@ -1771,7 +1769,6 @@ class IkeSession:
                 old.collision = (child, nonce.data, nr)  # §2.8.1, resolved on our response
             else:
                 old.state, old.doomed = ChildState.REKEYED, ChildCloseReason.REKEYED  # the peer deletes it
-                old.replaced_by = child
         return answer.payloads
 
     # =================================================================== IKE SA rekey
