@@ -636,13 +636,14 @@ def sockaddr_bytes(host: str, port: int) -> bytes:
 
 
 def sockaddr_tuple(raw: bytes) -> tuple[str, int]:
-    """(host, port) of a struct sockaddr_in/_in6."""
+    """(host, port) of a struct sockaddr_in/_in6, the host written as the socket module
+    writes it (a v4-mapped address as ::ffff:a.b.c.d, which vpn.io.udp unmaps)."""
     (family,) = struct.unpack_from("=H", raw)
     (port,) = struct.unpack_from("!H", raw, 2)
     if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(raw[4:8])), port
     if family == socket.AF_INET6:
-        return str(ipaddress.IPv6Address(raw[8:24])), port
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
     raise ValueError(f"address family {family}")
 
 
