@@ -775,10 +775,13 @@ class DpConn:
         self._outq = q if q != ffi.NULL else None
 
     def close(self) -> None:
-        """Detach from the dataplane now (the fd is the caller's to close)."""
+        """Detach from the dataplane now (the fd is the caller's to close). The receive
+        counters stay readable (their last values); the queue is gone."""
         if self.handle is not None:
-            lib.vpn_dp_conn_free(ffi.gc(self.handle, None))
-            self.handle = None
+            lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
+            handle, self.handle, self._outq = self.handle, None, None
+            ffi.gc(handle, None)  # drop the destructor (returns None, not the pointer)
+            lib.vpn_dp_conn_free(handle)
 
     # output ------------------------------------------------------------------------------
     def send_ike(self, message: bytes) -> bool:
@@ -846,7 +849,8 @@ class DpConn:
         return st, s.messages_from(), int(s.err[0])
 
     def rx_counters(self) -> Counters:
-        lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
+        if self.handle is not None:
+            lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
         return _counters(self._rxc[0])
 
 
