@@ -120,6 +120,7 @@ class ManualTunnel:
         self.pump: TunPump | None = None
         self.reservation: SeqReservation | None = None
         self.events: list[str] = []
+        self._closed_rx: dict[str, int] = {}  # receive counters of connections gone
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._housekeeper: asyncio.TimerHandle | None = None
@@ -284,6 +285,8 @@ class ManualTunnel:
     def _on_link_closed(self, link: StreamLink, reason: str) -> None:
         if link in self.links:
             self.links.remove(link)
+        for k, v in link.conn.rx_counters().as_dict().items():  # drops stay counted
+            self._closed_rx[k] = self._closed_rx.get(k, 0) + v
         if not link.originator:
             self._event(f"connection from {link.peername} closed: {reason}")
         if self.pump is not None:
@@ -329,7 +332,7 @@ class ManualTunnel:
     def status(self) -> dict[str, Any]:
         tr = self.cfg.transport
         out, inb = self.out_sa.stats(), self.in_sa.stats()
-        rx: dict[str, int] = {}
+        rx = dict(self._closed_rx)
         for conn in [lk.conn for lk in self.links] + ([self.udp.conn] if self.udp else []):
             for k, v in conn.rx_counters().as_dict().items():
                 rx[k] = rx.get(k, 0) + v
