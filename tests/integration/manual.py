@@ -398,3 +398,97 @@ def manual_tunnel(topo: Topology, workdir: Path, *, protocol: str = "tcp", outer
     finally:
         pair.client.stop()
         pair.server.stop()
+
+
+# -- the wire: captures, the RFC 9329 stream, keys -----------------------------------
+
+
+class Capture:
+    """dumpcap inside a namespace, writing a pcap file until `stop()`."""
+
+    def __init__(self, ns: Netns, iface: str, bpf: str, path: Path) -> None:
+        self.path = path
+        argv = ["dumpcap", "-q", "-P", "-i", iface, "-f", bpf, "-w", str(path)]
+        self.proc = ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not (path.exists() and path.stat().st_size > 0):  # the header: capturing
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise AssertionError(f"dumpcap did not start: {err}")
+            time.sleep(0.05)
+        time.sleep(0.2)
+
+    def stop(self) -> list[Any]:
+        """End the capture (SIGINT: dumpcap flushes) and return its packets (scapy)."""
+        from scapy.layers import inet, inet6, l2  # noqa: F401  (the link types rdpcap decodes)
+        from scapy.utils import rdpcap
+
+        time.sleep(0.3)  # let the last packets reach the file
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        return list(rdpcap(str(self.path)))
+
+
+def tcp_payload(packets: Sequence[Any], dport: int) -> bytes:
+    """The reassembled payload of the (only) TCP connection to `dport` in a capture,
+    from its SYN on; retransmissions and overlaps are merged, a gap is an error."""
+    from scapy.layers.inet import TCP
+
+    segs = [p[TCP] for p in packets if TCP in p and p[TCP].dport == dport]
+    syns = [s for s in segs if s.flags & 0x02]
+    assert len(syns) == 1, f"expected one connection to port {dport}, saw {len(syns)} SYNs"
+    isn = syns[0].seq + 1
+    pieces: dict[int, bytes] = {}
+    for s in segs:
+        data = bytes(s.payload)
+        if data:
+            off = (s.seq - isn) & 0xFFFFFFFF
+            if len(data) > len(pieces.get(off, b"")):
+                pieces[off] = data
+    out = bytearray()
+    for off in sorted(pieces):
+        data = pieces[off]
+        assert off <= len(out), f"capture gap at stream offset {len(out)}"
+        out += data[len(out) - off:]
+    return bytes(out)
+
+
+def split_frames(stream: bytes) -> tuple[list[bytes], bytes]:
+    """RFC 9329 §3/§4: "IKETCP", then 16-bit Length (counting itself) || message.
+    Returns the messages and whatever trails the last whole frame."""
+    assert stream[:6] == b"IKETCP", f"the stream starts with {stream[:6]!r}, not IKETCP"
+    frames, pos = [], 6
+    while pos + 2 <= len(stream):
+        length = int.from_bytes(stream[pos:pos + 2], "big")
+        assert length >= 2, f"Length {length} at stream offset {pos} (RFC 9329 §3: fatal)"
+        if pos + length > len(stream):
+            break
+        frames.append(stream[pos + 2:pos + length])
+        pos += length
+    return frames, stream[pos:]
+
+
+def esp_seq(packet: bytes) -> int:
+    return int.from_bytes(packet[4:8], "big")
+
+
+@dataclass(frozen=True)
+class ManualKeys:
+    """One side's key file: (spi, key || salt) per direction."""
+
+    out_spi: int
+    out_keymat: bytes
+    in_spi: int
+    in_keymat: bytes
+
+    @classmethod
+    def load(cls, path: Path) -> ManualKeys:
+        import tomllib
+
+        d = tomllib.loads(path.read_text())
+        return cls(int(d["outbound"]["spi"]), bytes.fromhex(d["outbound"]["key"]),
+                   int(d["inbound"]["spi"]), bytes.fromhex(d["inbound"]["key"]))
