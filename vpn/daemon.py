@@ -365,9 +365,8 @@ class ManualTunnel:
     def _write_export_keys(self, path: Path) -> None:
         """Wireshark `esp_sa` UAT lines (Preferences > Protocols > ESP), so captures of
         this tunnel decrypt. Written 0600: these are the live keys."""
-        lines = []
-        for sa in (self.manual.outbound, self.manual.inbound):
-            lines.append(wireshark_esp_sa_line(sa.spi, sa.keymat))
+        lines = [wireshark_esp_sa_line(sa.spi, sa.keymat, family)
+                 for sa in (self.manual.outbound, self.manual.inbound) for family in ("IPv4", "IPv6")]
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join(lines) + "\n")
@@ -404,12 +403,15 @@ def _peer_text(addr: tuple[str, int] | None, links: list[StreamLink]) -> str | N
     return f"{addr[0]}:{addr[1]}" if addr else None
 
 
-def wireshark_esp_sa_line(spi: int, keymat: bytes) -> str:
-    """One record of Wireshark's esp_sa file: any address, this SPI, AES-GCM-16 with the
-    key and salt as Wireshark wants them (key || salt), no separate integrity."""
+def wireshark_esp_sa_line(spi: int, keymat: bytes, family: str = "IPv4") -> str:
+    """One record of Wireshark's esp_sa file: outer `family` ("IPv4" or "IPv6"; Wireshark
+    has no wildcard family, so export both), any address, this SPI, AES-GCM-16 with the
+    key and salt as Wireshark wants them (key || salt), no separate integrity. Wireshark
+    4.0's record has these 8 fields and no ESN flag: with ESN (our default) it decrypts
+    but cannot check the ICV (RFC 4303 §2.2.1: the high-order bits enter the AAD)."""
     bits = (len(keymat) - 4) * 8
-    assert bits in (128, 256)
-    return (f'"IPv4","*","*","0x{spi:08x}","AES-GCM with 16 octet ICV [RFC4106]",'
+    assert bits in (128, 256) and family in ("IPv4", "IPv6")
+    return (f'"{family}","*","*","0x{spi:08x}","AES-GCM with 16 octet ICV [RFC4106]",'
             f'"0x{keymat.hex()}","NULL",""')
 
 
