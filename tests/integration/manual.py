@@ -57,6 +57,7 @@ def config_text(
     state_dir: Path,
     port: int = PORT,
     mtu: int = 1400,
+    manual_extra: str = "",
 ) -> str:
     """A manual-mode config (vpn/config.py) with both inner families on the TUN."""
     transport = f'role = "listen"\nport = {port}'
@@ -74,7 +75,7 @@ def config_text(
         [manual]
         key_file = "{key_file}"
         state_dir = "{state_dir}"
-        """)
+        """) + manual_extra
 
 
 @dataclass
@@ -379,7 +380,8 @@ def outer_server_addr(topo: Topology, family: int) -> str:
 
 @contextlib.contextmanager
 def manual_tunnel(topo: Topology, workdir: Path, *, protocol: str = "tcp", outer: int = 4,
-                  names: Sequence[str] = ("mts", "mtc")) -> Iterator[TunnelPair]:
+                  names: Sequence[str] = ("mts", "mtc"), manual_extra: str = ""
+                  ) -> Iterator[TunnelPair]:
     """Keys and configs for a tunnel server <-> client in `workdir`; daemons always stopped."""
     keys = workdir / "keys"
     keys.mkdir(mode=0o700)
@@ -389,7 +391,8 @@ def manual_tunnel(topo: Topology, workdir: Path, *, protocol: str = "tcp", outer
         cfg = workdir / f"{role}.toml"
         cfg.write_text(config_text(name=name, role=role, protocol=protocol,
                                    remote=outer_server_addr(topo, outer),
-                                   key_file=keys / f"{role}.keys", state_dir=workdir / f"state-{role}"))
+                                   key_file=keys / f"{role}.keys", state_dir=workdir / f"state-{role}",
+                                   manual_extra=manual_extra))
         run_dir = workdir / f"run-{role}"
         sides[role] = VpnSide(ns, role, name, cfg, run_dir)
     pair = TunnelPair(topo, sides["client"], sides["server"], keys, protocol, outer)
@@ -433,15 +436,16 @@ class Capture:
         return list(rdpcap(str(self.path)))
 
 
-def tcp_payload(packets: Sequence[Any], dport: int) -> bytes:
-    """The reassembled payload of the (only) TCP connection to `dport` in a capture,
-    from its SYN on; retransmissions and overlaps are merged, a gap is an error."""
+def tcp_payload(packets: Sequence[Any], port: int, *, from_server: bool = False) -> bytes:
+    """The reassembled payload of the (only) TCP connection to `port` in a capture, one
+    direction, from its SYN on; retransmissions and overlaps are merged, a gap is an error."""
     from scapy.layers.inet import TCP
 
-    segs = [p[TCP] for p in packets if TCP in p and p[TCP].dport == dport]
-    syns = [s for s in segs if s.flags & 0x02]
-    assert len(syns) == 1, f"expected one connection to port {dport}, saw {len(syns)} SYNs"
-    isn = syns[0].seq + 1
+    segs = [p[TCP] for p in packets
+            if TCP in p and (p[TCP].sport if from_server else p[TCP].dport) == port]
+    syns = {s.seq for s in segs if s.flags & 0x02}  # a retransmitted SYN has the same seq
+    assert len(syns) == 1, f"expected one connection on port {port}, saw SYNs {syns}"
+    isn = syns.pop() + 1
     pieces: dict[int, bytes] = {}
     for s in segs:
         data = bytes(s.payload)
@@ -457,11 +461,14 @@ def tcp_payload(packets: Sequence[Any], dport: int) -> bytes:
     return bytes(out)
 
 
-def split_frames(stream: bytes) -> tuple[list[bytes], bytes]:
-    """RFC 9329 §3/§4: "IKETCP", then 16-bit Length (counting itself) || message.
-    Returns the messages and whatever trails the last whole frame."""
-    assert stream[:6] == b"IKETCP", f"the stream starts with {stream[:6]!r}, not IKETCP"
-    frames, pos = [], 6
+def split_frames(stream: bytes, *, prefix: bool = True) -> tuple[list[bytes], bytes]:
+    """RFC 9329 §3/§4: "IKETCP" (from the TCP Originator only), then 16-bit Length
+    (counting itself) || message. Returns the messages and what trails the last frame."""
+    pos = 0
+    if prefix:
+        assert stream[:6] == b"IKETCP", f"the stream starts with {stream[:6]!r}, not IKETCP"
+        pos = 6
+    frames = []
     while pos + 2 <= len(stream):
         length = int.from_bytes(stream[pos:pos + 2], "big")
         assert length >= 2, f"Length {length} at stream offset {pos} (RFC 9329 §3: fatal)"
