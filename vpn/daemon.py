@@ -122,6 +122,7 @@ class ManualTunnel:
         self.pump: TunPump | None = None
         self.reservation: SeqReservation | None = None
         self.events: list[str] = []
+        self._closed_rx: dict[str, int] = {}  # receive counters of connections gone
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._housekeeper: asyncio.TimerHandle | None = None
@@ -328,6 +329,8 @@ class ManualTunnel:
     def _on_link_closed(self, link: StreamLink, reason: str) -> None:
         if link in self.links:
             self.links.remove(link)
+        for k, v in link.conn.rx_counters().as_dict().items():  # drops stay counted
+            self._closed_rx[k] = self._closed_rx.get(k, 0) + v
         if not link.originator:
             self._event(f"connection from {link.peername} closed: {reason}")
         if self.pump is not None:
@@ -373,7 +376,7 @@ class ManualTunnel:
     def status(self) -> dict[str, Any]:
         tr = self.cfg.transport
         out, inb = self.out_sa.stats(), self.in_sa.stats()
-        rx: dict[str, int] = {}
+        rx = dict(self._closed_rx)
         for conn in [lk.conn for lk in self.links] + ([self.udp.conn] if self.udp else []):
             for k, v in conn.rx_counters().as_dict().items():
                 rx[k] = rx.get(k, 0) + v
@@ -408,9 +411,8 @@ class ManualTunnel:
     def _write_export_keys(self, path: Path) -> None:
         """Wireshark `esp_sa` UAT lines (Preferences > Protocols > ESP), so captures of
         this tunnel decrypt. Written 0600: these are the live keys."""
-        lines = []
-        for sa in (self.manual.outbound, self.manual.inbound):
-            lines.append(wireshark_esp_sa_line(sa.spi, sa.keymat))
+        lines = [wireshark_esp_sa_line(sa.spi, sa.keymat, family)
+                 for sa in (self.manual.outbound, self.manual.inbound) for family in ("IPv4", "IPv6")]
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join(lines) + "\n")
@@ -447,12 +449,15 @@ def _peer_text(addr: tuple[str, int] | None, links: list[StreamLink]) -> str | N
     return f"{addr[0]}:{addr[1]}" if addr else None
 
 
-def wireshark_esp_sa_line(spi: int, keymat: bytes) -> str:
-    """One record of Wireshark's esp_sa file: any address, this SPI, AES-GCM-16 with the
-    key and salt as Wireshark wants them (key || salt), no separate integrity."""
+def wireshark_esp_sa_line(spi: int, keymat: bytes, family: str = "IPv4") -> str:
+    """One record of Wireshark's esp_sa file: outer `family` ("IPv4" or "IPv6"; Wireshark
+    has no wildcard family, so export both), any address, this SPI, AES-GCM-16 with the
+    key and salt as Wireshark wants them (key || salt), no separate integrity. Wireshark
+    4.0's record has these 8 fields and no ESN flag: with ESN (our default) it decrypts
+    but cannot check the ICV (RFC 4303 §2.2.1: the high-order bits enter the AAD)."""
     bits = (len(keymat) - 4) * 8
-    assert bits in (128, 256)
-    return (f'"IPv4","*","*","0x{spi:08x}","AES-GCM with 16 octet ICV [RFC4106]",'
+    assert bits in (128, 256) and family in ("IPv4", "IPv6")
+    return (f'"{family}","*","*","0x{spi:08x}","AES-GCM with 16 octet ICV [RFC4106]",'
             f'"0x{keymat.hex()}","NULL",""')
 
 

@@ -636,13 +636,14 @@ def sockaddr_bytes(host: str, port: int) -> bytes:
 
 
 def sockaddr_tuple(raw: bytes) -> tuple[str, int]:
-    """(host, port) of a struct sockaddr_in/_in6."""
+    """(host, port) of a struct sockaddr_in/_in6, the host written as the socket module
+    writes it (a v4-mapped address as ::ffff:a.b.c.d, which vpn.io.udp unmaps)."""
     (family,) = struct.unpack_from("=H", raw)
     (port,) = struct.unpack_from("!H", raw, 2)
     if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(raw[4:8])), port
     if family == socket.AF_INET6:
-        return str(ipaddress.IPv6Address(raw[8:24])), port
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
     raise ValueError(f"address family {family}")
 
 
@@ -774,10 +775,12 @@ class DpConn:
         self._outq = q if q != ffi.NULL else None
 
     def close(self) -> None:
-        """Detach from the dataplane now (the fd is the caller's to close)."""
+        """Detach from the dataplane now (the fd is the caller's to close). The receive
+        counters stay readable (their last values); the queue is gone."""
         if self.handle is not None:
-            handle, self.handle = self.handle, None
-            ffi.gc(handle, None)  # detach the destructor, then free now
+            lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
+            handle, self.handle, self._outq = self.handle, None, None
+            ffi.gc(handle, None)  # drop the destructor (returns None, not the pointer)
             lib.vpn_dp_conn_free(handle)
 
     # output ------------------------------------------------------------------------------
@@ -846,7 +849,8 @@ class DpConn:
         return st, s.messages_from(), int(s.err[0])
 
     def rx_counters(self) -> Counters:
-        lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
+        if self.handle is not None:
+            lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
         return _counters(self._rxc[0])
 
 

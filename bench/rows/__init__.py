@@ -31,8 +31,11 @@ from bench.rows.base import Row
 from bench.rows.ocserv_tls import OcservTls
 from bench.rows.openvpn_tcp import OpenvpnTcp
 from bench.rows.veth import Veth
+from bench.rows.vpn_manual import VpnTcp, VpnUdp
 from bench.rows.wireguard_go import WireguardGo
 
-ROWS: dict[str, type[Row]] = {cls.name: cls for cls in (Veth, OpenvpnTcp, OcservTls, WireguardGo)}
+ROWS: dict[str, type[Row]] = {
+    cls.name: cls for cls in (Veth, VpnTcp, VpnUdp, OpenvpnTcp, OcservTls, WireguardGo)
+}
 
 __all__ = ["ROWS", "Row"]
