@@ -37,6 +37,9 @@ def _pick_name(name: str | None) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # validate before forking: errors go to the user
+    if cfg.server is not None:
+        print(f"error: {cfg.path} is a server configuration: run it with `vpn serve {cfg.path}`", file=sys.stderr)
+        return 2
     log_path = paths.log_path(cfg.name)
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "vpn.daemon", str(Path(args.config).resolve()), "--ready-fd", str(write_fd)]
@@ -80,6 +83,29 @@ def _wait_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> str:
         return f"not up after {timeout:.0f} s"
     finally:
         os.close(fd)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The server in the foreground (for systemd or a terminal); logs go to stderr."""
+    import logging
+
+    from vpn import daemon
+
+    cfg = config.load(args.config)
+    if cfg.server is None:
+        print(f"error: {cfg.path} has no [server] table: `vpn serve` needs a server configuration "
+              f"(clients use `vpn up`)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("VPN_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def ready(line: str) -> None:
+        print(f"{cfg.name}: {'serving' if line == 'ok' else line}", flush=True)
+
+    async def run() -> int:
+        return await daemon.serve_daemon(lambda: daemon.make_tunnel(cfg), cfg.name, ready)
+
+    return daemon.run_loop(run())
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -179,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--new-key", action="store_true",
                     help="manual mode: the keys were never used before (creates their sequence state)")
     up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run an IKEv2 server in the foreground")
+    serve.add_argument("config")
+    serve.set_defaults(func=cmd_serve)
 
     down = sub.add_parser("down", help="stop an instance and undo everything it changed")
     down.add_argument("name", nargs="?")

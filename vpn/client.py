@@ -1,0 +1,473 @@
+"""`vpn up` with `mode = "ike"`: the IKEv2 client (initiator, TCP Originator).
+
+1. Resolve the server before anything changes (DNS may change later), open the TUN.
+2. Pick the transport: `udp` (IKE on 500, then everything on UDP 4500 with the Non-ESP
+   marker; ESP always in UDP, RFC 3948), `tcp` (RFC 9329, TCP 4500), `tls` (the same
+   stream inside TLS, port 443) or `auto`: UDP first, and when UDP gets no answer within
+   `fallback_after` seconds a fresh IKE_SA_INIT over TCP or TLS (new SPIs, NAT detection
+   recomputed: RFC 9329 §5.1). Status and log say that it fell back, and why.
+3. Drive one IkeSession (endpoint.py). Child SAs go into the C dataplane; the virtual
+   address goes on the TUN; routes: a full tunnel with policy routing so the outer
+   connection never enters the tunnel (fwmark on our sockets and a table of our own,
+   as wg-quick does), or split routes.
+4. A broken TCP/TLS connection is re-established by us (the TCP Originator, RFC 9329
+   §6.1), the TLS session resumed, and the session told (`transport_changed`): the
+   outstanding request is resent on the new connection, the IKE SA continues.
+5. When the IKE SA ends (peer dead, deleted, expired), a new one is made with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from vpn import config
+from vpn.ike import events as ev
+from vpn.ike.policy import SessionPolicy
+from vpn.ike.session import IkeSession, Outgoing
+from vpn.io.endpoint import ChildInstaller, IkeEndpoint
+from vpn.io.host import StartupError, TunnelHost, resolve
+from vpn.io.stream import Backoff, StreamLink, open_connection
+from vpn.io.tls import TlsClientSettings, TlsLink, client_context
+from vpn.io.udp import UdpLink, udp_socket
+from vpn.manual import wireshark_esp_sa_line
+from vpn.policies import PolicyError, client_policy
+
+FWMARK = 0x5650  # our outer sockets carry it; policy routing keeps them out of the tunnel
+ROUTE_TABLE = 0x5650
+RULE_PRIORITY = 5650
+UP_WAIT_S = 45.0
+NATT_KEEPALIVE_S = 20.0  # RFC 3948 §4
+HOUSEKEEPING_S = 1.0
+IKE_UDP_PORT = 500
+NATT_PORT = 4500
+# failures that another attempt would only repeat: `vpn up` reports them at once
+PERMANENT = ("authentication failed", "no proposal chosen", "Diffie-Hellman", "Child SA failed",
+             "first Child SA failed")
+
+
+class IkeClient(TunnelHost):
+    """See the module docstring."""
+
+    def __init__(self, cfg: config.Config, *, export_keys: Path | None = None) -> None:
+        super().__init__(cfg)
+        assert cfg.ike is not None and cfg.net is not None
+        self.ike = cfg.ike
+        self.net = cfg.net
+        self.export_keys = export_keys
+        try:
+            self.policy: SessionPolicy = client_policy(cfg)
+        except PolicyError as exc:
+            raise StartupError(str(exc)) from None
+        self.server_addr: str = ""
+        self.endpoint: IkeEndpoint | None = None
+        self.installer: ChildInstaller | None = None
+        self.transport = cfg.transport.protocol if cfg.transport.protocol != "auto" else "udp"
+        self.fallback_reason: str | None = None
+        self.link: StreamLink | None = None
+        self.udp4500: UdpLink | None = None
+        self.sock500: socket.socket | None = None
+        self.up_event = asyncio.Event()
+        self.failure: str | None = None
+        self.ike_up = False
+        self.addresses: list[str] = []
+        self.routes_done = False
+        self.sessions_started = 0
+        self.last_rx = 0.0
+        self._backoff = Backoff(first=1.0, maximum=60.0)
+        self._got_udp_answer = False
+        self._last_keepalive = 0.0
+        self._rekeying: set[bytes] = set()
+        self._in_packets = 0
+        self._session_done: asyncio.Future[None] | None = None
+        self.tls_session: ssl.SSLSession | None = None
+        tls = cfg.transport.tls
+        self.tls_settings = TlsClientSettings(
+            server_name=tls.server_name if tls else cfg.transport.remote,
+            cafile=str(tls.cafile) if tls and tls.cafile else None,
+            pin_sha256=tls.pin_sha256 if tls else None)
+        self.tls_context = client_context(self.tls_settings) if cfg.transport.protocol in ("tls", "auto") else None
+
+    # -- bring-up ---------------------------------------------------------------------
+    async def start(self) -> None:
+        tr = self.cfg.transport
+        assert tr.remote is not None
+        self.server_addr = await resolve(tr.remote, tr.port)
+        await self.open_tun()
+        self.peer = self.dp.peer(1)
+        self.dp.set_default_peer(self.peer)
+        self.installer = ChildInstaller(self.dp, self.peer)
+        self.spawn(self._run_sessions())
+        self.call_later(HOUSEKEEPING_S, self._housekeeping)
+        try:
+            await asyncio.wait_for(self.up_event.wait(), UP_WAIT_S)
+        except TimeoutError:
+            raise StartupError(f"no IKE SA with {tr.remote} after {UP_WAIT_S:.0f} s: "
+                               f"{self.failure or (self.events[-1] if self.events else 'no answer')}") from None
+        if self.failure and not self.ike_up:
+            raise StartupError(self.failure)
+        self.state = "up"
+        if self.export_keys:
+            self._write_export_keys(self.export_keys)
+
+    async def _run_sessions(self) -> None:
+        """One IKE SA after another: a new one (with backoff) whenever the last ended."""
+        while not self._stopping:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._session_done = done
+            try:
+                await self._start_session()
+            except OSError as exc:
+                self._fail(f"cannot reach {self.cfg.transport.remote}: {exc.strerror or exc}")
+                if not done.done():
+                    done.set_result(None)
+            await done
+            if self._stopping:
+                return
+            if not self.up_event.is_set() and self.failure and any(w in self.failure for w in PERMANENT):
+                self.up_event.set()  # retrying will not help: fail `vpn up` now, with the reason
+                return
+            delay = self._backoff.next()
+            self.event(f"starting a new IKE SA in {delay:.0f} s")
+            await asyncio.sleep(delay)
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        self.event(why)
+
+    async def _start_session(self) -> None:
+        self.sessions_started += 1
+        self._got_udp_answer = False
+        if self.transport == "udp":
+            await self._start_udp()
+        else:
+            await self._start_stream()
+
+    def _new_session(self, *, stream: bool, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        session = IkeSession(self.policy, initiator=True, rng=os.urandom, stream=stream,
+                             local_addr=local, remote_addr=remote)
+        self.endpoint = IkeEndpoint(self.loop, session, self._send, self._on_event)
+        self.endpoint.command(session.initiate)
+
+    # -- UDP --------------------------------------------------------------------------
+    async def _start_udp(self) -> None:
+        v6 = ":" in self.server_addr
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        if self.sock500 is None:
+            self.sock500 = udp_socket(None, 0, family=family, mark=FWMARK)
+            self.loop.add_reader(self.sock500.fileno(), self._udp500_readable)
+        if self.udp4500 is None:
+            self.udp4500 = UdpLink(self.loop, self.dp, udp_socket(None, 0, family=family, mark=FWMARK),
+                                   self._udp4500_ike)
+            self.udp_links.append(self.udp4500)
+        self.peer.set_conn(self.udp4500.conn)
+        self.peer.set_addr(self.server_addr, NATT_PORT)
+        local = self.sock500.getsockname()[:2]
+        self._new_session(stream=False, local=(str(local[0]), int(local[1])),
+                          remote=(self.server_addr, IKE_UDP_PORT))
+        if self.cfg.transport.protocol == "auto":
+            self.call_later(self.cfg.transport.fallback_after_s, self._maybe_fall_back)
+
+    def _udp500_readable(self) -> None:
+        assert self.sock500 is not None
+        for _ in range(16):
+            try:
+                data, addr = self.sock500.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if self.endpoint is not None and addr[0] == self.server_addr:
+                self._got_udp_answer = True
+                self.endpoint.receive(data, (str(addr[0]), int(addr[1])))
+
+    def _udp4500_ike(self, msg: bytes, addr: tuple[str, int]) -> None:
+        if self.endpoint is not None and addr[0] == self.server_addr:
+            self._got_udp_answer = True
+            assert self.udp4500 is not None
+            local = self.udp4500.sock.getsockname()
+            self.endpoint.receive(msg, addr, (str(local[0]), int(local[1])))
+
+    def _maybe_fall_back(self) -> None:
+        """RFC 9329 §5.1: no UDP answer -> a fresh IKE_SA_INIT over TCP (or TLS)."""
+        if self._got_udp_answer or self.transport != "udp" or self.endpoint is None or self._stopping:
+            return
+        wait = self.cfg.transport.fallback_after_s
+        self.fallback_reason = f"no answer over UDP within {wait:g} s"
+        target = self.ike.fallback
+        self.event(f"falling back from UDP to {target.upper()}: {self.fallback_reason}")
+        old = self.endpoint
+        old.stop()  # abandoned silently: it never got an answer, there is no SA to delete
+        self.endpoint = None
+        self.transport = target
+        self.spawn(self._start_stream())
+
+    # -- TCP / TLS ----------------------------------------------------------------------
+    async def _start_stream(self) -> None:
+        link = await self._connect()
+        local, remote = _sockname(link.sock), (self.server_addr, self._stream_port())
+        self._new_session(stream=True, local=local, remote=remote)
+
+    def _stream_port(self) -> int:
+        tr = self.cfg.transport
+        if tr.protocol == "auto":
+            return 443 if self.transport == "tls" else 4500
+        return tr.port
+
+    async def _connect(self) -> StreamLink:
+        port = self._stream_port()
+        sock = await open_connection(self.server_addr, port, mark=FWMARK, local=self.cfg.transport.local)
+        tls = self.tls_context if self.transport == "tls" else None
+        link = self.new_link(sock, originator=True, tls_context=tls, tls_settings=self.tls_settings,
+                             tls_session=self.tls_session)
+        self.link = link
+        self.peer.set_conn(link.conn)
+        self.event(f"connected to {self.server_addr}:{port} over {self.transport.upper()}")
+        if tls is not None:
+            done = await _wait_handshake(link)
+            if not done:
+                raise OSError(f"TLS handshake failed: {link.closed.result() if link.closed.done() else '?'}")
+        return link
+
+    def on_tls_session(self, session: ssl.SSLSession) -> None:
+        self.tls_session = session  # offered on the next connection (RFC 9329 App. B.3)
+
+    def on_tls_handshake(self, link: TlsLink) -> None:
+        self.event(f"TLS {link.tls_version} established" + (" (session resumed)" if link.session_reused else ""))
+
+    def on_stream_ike(self, link: StreamLink, msg: bytes) -> None:
+        if self.endpoint is not None and link is self.link:
+            self.endpoint.receive(msg, None, _sockname(link.sock))
+
+    def on_link_closed(self, link: StreamLink, reason: str) -> None:
+        if link is not self.link or self._stopping:
+            return
+        self.link = None
+        self.peer.set_conn(None)
+        self.event(f"connection lost: {reason}")
+        if self.endpoint is not None and not self.endpoint.closed:
+            self.spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """RFC 9329 §6.1: only the Originator reconnects; the IKE SA continues on the new
+        connection and the outstanding request is resent there (§6.2)."""
+        backoff = Backoff()
+        while not self._stopping and self.endpoint is not None and not self.endpoint.closed:
+            try:
+                link = await self._connect()
+            except OSError as exc:
+                self.event(f"reconnect failed: {exc.strerror or exc}")
+                await asyncio.sleep(backoff.next())
+                continue
+            if self.endpoint is not None:
+                self.endpoint.command(self.endpoint.session.transport_changed, stream=True,
+                                      local=_sockname(link.sock), remote=(self.server_addr, self._stream_port()))
+            return
+
+    # -- session output and events --------------------------------------------------------
+    def _send(self, out: Outgoing) -> None:
+        if self.transport == "udp":
+            remote = out.remote or (self.server_addr, NATT_PORT)
+            if remote[1] == IKE_UDP_PORT:
+                assert self.sock500 is not None
+                try:
+                    self.sock500.sendto(out.data, remote)
+                except OSError as exc:
+                    self.event(f"UDP send failed: {exc.strerror}")
+            else:
+                assert self.udp4500 is not None
+                self.udp4500.send_ike(out.data, remote)
+        elif self.link is not None and self.link.is_open:
+            self.link.send_ike(out.data)
+        # else: not connected; transport_changed() resends the request on the new link
+
+    def _on_event(self, endpoint: IkeEndpoint, e: ev.Event) -> None:
+        if endpoint is not self.endpoint:
+            return
+        assert self.installer is not None
+        if isinstance(e, ev.IkeSaEstablished):
+            self.ike_up = True
+            self._backoff.reset()
+            self.ike_info = e
+            self.event(f"IKE SA established with {e.peer_id} ({e.algorithms}) over {self.transport.upper()}"
+                       + (", MOBIKE" if e.mobike else ""))
+        elif isinstance(e, ev.ChildSaEstablished):
+            self.installer.install(e.child)
+            self.event(f"Child SA installed: in {e.child.spi_in.hex()} out {e.child.spi_out.hex()} "
+                       f"({e.child.algorithms})")
+        elif isinstance(e, ev.ChildSaRekeyed):
+            self.installer.install(e.child)
+            self._rekeying.discard(e.old_spi_in)
+            self.event(f"Child SA rekeyed: {e.old_spi_in.hex()} -> {e.child.spi_in.hex()}")
+        elif isinstance(e, ev.ChildSaDeleted):
+            self.installer.remove(e.spi_in)
+            self._rekeying.discard(e.spi_in)
+        elif isinstance(e, ev.ChildSaFailed):
+            self._fail(f"Child SA failed: {e.detail or e.notify}")
+        elif isinstance(e, ev.VirtualAddressAssigned):
+            self.spawn(self._apply_addresses(e))
+        elif isinstance(e, ev.IkeSaRekeyed):
+            self.event(f"IKE SA rekeyed ({e.algorithms})")
+        elif isinstance(e, ev.AddressesUpdated | ev.PeerAddressChanged):
+            self.event(f"addresses updated: {e}")
+        elif isinstance(e, ev.IkeSaClosed):
+            self._on_closed(e)
+
+    def _on_closed(self, e: ev.IkeSaClosed) -> None:
+        assert self.installer is not None and self.endpoint is not None
+        why = e.reason.value + (f" ({e.detail})" if e.detail else "")
+        self._fail(f"IKE SA closed: {why}")
+        self.ike_up = False
+        self.installer.remove_all()
+        self.endpoint.stop()
+        self.endpoint = None
+        if self.link is not None:
+            link, self.link = self.link, None
+            link.close("IKE SA closed")  # RFC 9329 §6.1 (T33): the Originator closes it
+        if self.cfg.transport.protocol == "auto":
+            self.transport = "udp"  # a new SA tries UDP first again (RFC 9329 §7.2 spirit)
+        fut = self._session_done
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _apply_addresses(self, e: ev.VirtualAddressAssigned) -> None:
+        """The virtual address on the TUN, then the routes (once), then `vpn up` returns."""
+        assert self.tun is not None and self.netconf is not None
+        wanted = [str(a.ip) + ("/32" if a.version == 4 else "/128") for a in e.addresses]
+        for addr in wanted:
+            if addr not in self.addresses:
+                await self.netconf_call(self.netconf.add_address, self.tun.name, addr)
+                self.addresses.append(addr)
+        self.event("virtual address " + ", ".join(wanted) + (f", DNS {', '.join(map(str, e.dns))}" if e.dns else ""))
+        self.dns_servers = list(e.dns)
+        if not self.routes_done:
+            try:
+                await self.netconf_call(self._install_routes, list(e.subnets))
+            except Exception as exc:  # noqa: BLE001 - reported to `vpn up`, never swallowed
+                self._fail(f"cannot install the routes: {exc}")
+                self.up_event.set()
+                return
+            self.routes_done = True
+        self.up_event.set()
+
+    def _install_routes(self, subnets: list[Any]) -> None:
+        """Full tunnel: everything into the tunnel from table ROUTE_TABLE, except packets
+        of our own outer sockets (fwmark), and the main table's specific routes still win
+        (suppress_prefixlength 0): the wg-quick scheme. Split: only the listed prefixes."""
+        assert self.tun is not None and self.netconf is not None
+        nc, dev = self.netconf, self.tun.name
+        if self.net.full_tunnel:
+            for family, default in ((4, "0.0.0.0/0"), (6, "::/0")):
+                nc.add_route(default, ifname=dev, table=ROUTE_TABLE)
+                nc.add_rule(family=family, priority=RULE_PRIORITY, table=ROUTE_TABLE, fwmark=FWMARK, invert=True)
+                nc.add_rule(family=family, priority=RULE_PRIORITY - 1, table=254, suppress_prefixlength=0)
+            return
+        for net in subnets:  # the configured routes went in with the TUN (host.py)
+            if net not in self.cfg.tunnel.routes:
+                nc.add_route(str(net), ifname=dev)
+
+    # -- housekeeping -----------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        ep, inst = self.endpoint, self.installer
+        if ep is not None and inst is not None and not ep.closed and ep.session.established:
+            # ESP from the peer postpones DPD (RFC 7296 §2.4: only when nothing came)
+            packets = sum(r["in_packets"] for r in inst.status())
+            if packets != self._in_packets:
+                self._in_packets = packets
+                ep.session.peer_activity(ep.now())
+            for spi in inst.soft_expired():  # the dataplane's soft lifetime: rekey now
+                if spi not in self._rekeying:
+                    self._rekeying.add(spi)
+                    try:
+                        ep.command(ep.session.rekey_child, spi)
+                    except Exception as exc:  # noqa: BLE001 - a refused command must not kill the loop
+                        self.event(f"rekey of {spi.hex()} not started: {exc}")
+            if self.transport == "udp" and self.udp4500 is not None and ep.session.nat_local:
+                if time.monotonic() - self._last_keepalive > NATT_KEEPALIVE_S:
+                    self._last_keepalive = time.monotonic()
+                    self.udp4500.send_keepalive((self.server_addr, NATT_PORT))
+        self.call_later(HOUSEKEEPING_S, self._housekeeping)
+
+    # -- status, stop -----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        st = self.base_status()
+        tr = self.cfg.transport
+        ep = self.endpoint
+        session = ep.session if ep is not None else None
+        st.update({
+            "role": "client",
+            "server": f"{tr.remote} ({self.server_addr})",
+            "transport": self.transport,
+            "configured_transport": tr.protocol,
+            "fell_back": self.fallback_reason,
+            "virtual_ip": self.addresses,
+            "dns": [str(d) for d in getattr(self, "dns_servers", [])],
+            "full_tunnel": self.net.full_tunnel,
+            "ike_sa": None if session is None or not session.established else {
+                "spi_i": session.spi_i.hex(), "spi_r": session.spi_r.hex(),
+                "peer": str(session.peer_id), "algorithms": str(session.algorithms),
+                "mobike": session.mobike, "nat_local": session.nat_local, "nat_remote": session.nat_remote,
+            },
+            "child_sas": self.installer.status() if self.installer else [],
+            "sessions_started": self.sessions_started,
+        })
+        return st
+
+    def _write_export_keys(self, path: Path) -> None:
+        """The Child SAs as Wireshark esp_sa lines (the live keys: mode 0600)."""
+        assert self.installer is not None
+        lines = []
+        for child in self.installer.children.values():
+            for spi, keys in ((child.spi_in, child.keys_in), (child.spi_out, child.keys_out)):
+                for family in ("IPv4", "IPv6"):
+                    lines.append(wireshark_esp_sa_line(int.from_bytes(spi, "big"), keys.encr_key + keys.salt, family))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    async def before_stop(self) -> None:
+        """Delete the IKE SA (RFC 9329 §6.1 T32) and give the answer a moment."""
+        ep = self.endpoint
+        if ep is None or ep.closed or not ep.session.established:
+            return
+        try:
+            ep.command(ep.session.close)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            return
+        for _ in range(20):
+            if ep.closed or ep.session.closed:
+                break
+            await asyncio.sleep(0.05)
+
+    async def after_links_closed(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+        if self.sock500 is not None:
+            self.loop.remove_reader(self.sock500.fileno())
+            self.sock500.close()
+
+
+def _sockname(sock: socket.socket) -> tuple[str, int]:
+    try:
+        addr = sock.getsockname()
+        return str(addr[0]), int(addr[1])
+    except OSError:
+        return ("0.0.0.0", 0)
+
+
+async def _wait_handshake(link: TlsLink | StreamLink, timeout: float = 15.0) -> bool:
+    assert isinstance(link, TlsLink)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if link.tls_version is not None:
+            return True
+        if link.closed.done():
+            return False
+        await asyncio.sleep(0.02)
+    link.close("TLS handshake timed out")
+    return False
