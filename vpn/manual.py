@@ -275,7 +275,7 @@ def wireshark_esp_sa_line(spi: int, keymat: bytes, family: str = "IPv4") -> str:
     has no wildcard family, so export both), any address, this SPI, AES-GCM-16 with the
     key and salt as Wireshark wants them (key || salt), no separate integrity. Wireshark
     4.0's record has these 8 fields and no ESN flag: with ESN (our default) it decrypts
-    but cannot check the ICV (RFC 4303 §2.2.1: the high-order bits enter the AAD)."""
+    but cannot check the ICV (RFC 4106 §5: with ESN the AAD holds all 64 bits)."""
     bits = (len(keymat) - 4) * 8
     assert bits in (128, 256) and family in ("IPv4", "IPv6")
     return (f'"{family}","*","*","0x{spi:08x}","AES-GCM with 16 octet ICV [RFC4106]",'

@@ -2,27 +2,8 @@
 
 To add a row, subclass `bench.rows.base.Row` in its own module (the interface is in
 that module's docstring) and add the class to `ROWS` below; the order of `ROWS` is the
-default order of the table. A sketch of the project's own rows:
-
-    class VpnTcp(Row):
-        name = "vpn-tcp"
-
-        def up(self, env: RowEnv) -> list[int]:
-            # server.toml / client.toml in env.workdir (0600): mode = "manual",
-            # transport = "tcp", outer env.pair.server4, inner env.inner.server4/client4
-            # (and the /64s of env.inner), fresh random keys per run.
-            pids = []
-            for side in ("server", "client"):
-                env.run(side, [sys.executable, "-m", "vpn.cli", "up", str(conf[side])], timeout=30)
-                pids.append(env.adopt(daemon_pid(side), f"vpn-{side}"))  # e.g. from `vpn status`
-            return pids
-
-        def down(self, env: RowEnv) -> None:
-            for side in ("client", "server"):
-                env.run(side, [sys.executable, "-m", "vpn.cli", "down"], timeout=15)
-
-(or `env.spawn(side, [..., "--foreground"], name=...)` if the daemon can stay in the
-foreground; then no `adopt` and no `down` are needed.)
+default order of the table. The project's own rows, `vpn-tcp` and `vpn-udp`, live in
+`bench.rows.vpn_manual` (a daemon that `vpn up` detaches, handed over with `env.adopt`).
 """
 
 from __future__ import annotations

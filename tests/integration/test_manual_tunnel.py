@@ -2,7 +2,7 @@
 ways, and TCP transfers through the tunnel whose content must arrive byte for byte.
 
 Each case is one transport (RFC 9329 TCP stream or UDP), one outer family (the
-router's addresses) and one inner family (the TUN addresses the transfer uses). One
+router's addresses) and one inner family (the TUN addresses the transfer uses). Every
 case moves 200 MB client -> server and 50 MB back.
 """
 
@@ -43,14 +43,14 @@ def test_ping_and_byte_exact_transfer(topology: Topology, tmp_path: Path, protoc
         # outer address of that family
         client_outer = topology.client_v4 if outer == 4 else topology.client_v6
         assert server["peer"] is not None and client_outer in server["peer"]
-        # everything sealed by one side was opened by the other: no loss, no drops
-        for a, b in ((client, server), (server, client)):
+        # the bytes went through the SAs (inner bytes count headers too), nothing was
+        # dropped as forged or replayed, and a stream lost nothing at all
+        for a, b, carried in ((client, server, total), (server, client, total // 4)):
             out = next(sa for sa in a["sas"] if sa["dir"] == "out")
             inb = next(sa for sa in b["sas"] if sa["dir"] == "in")
-            assert out["packets"] > total // 1400 // (5 if a is server else 1)
+            assert inb["bytes"] > carried, (out, inb)
             assert inb["replay"] == inb["icv"] == 0
             assert b["counters"]["rx_unknown_spi"] == b["counters"]["rx_fatal"] == 0
             if protocol == "tcp":
-                # a stream loses nothing: every packet sealed was opened
-                assert inb["packets"] >= out["packets"] - 1  # the in-flight announce aside
+                assert inb["packets"] == out["packets"], (out, inb)
         tun.down()
