@@ -61,6 +61,7 @@ class ClientState:
     identity: Identity | None = None
     addresses: list[str] = field(default_factory=list)
     routes: list[Any] = field(default_factory=list)
+    udp_local_port: int = NATT_PORT  # UDP: answer from the port the client used (500/4500)
     in_packets: int = 0
     rekeying: set[bytes] = field(default_factory=set)
 
@@ -174,6 +175,9 @@ class IkeServer(TunnelHost):
             if not d.created:
                 return
             client = self._new_client(s, via, remote, local_port)
+            client.udp_local_port = local_port
+        if via is None:
+            client.udp_local_port = local_port
         dropped_before = s.dropped
         client.endpoint.pump()
         if s.established and s.dropped == dropped_before and not d.created:
@@ -216,7 +220,7 @@ class IkeServer(TunnelHost):
         remote = out.remote or client.udp_remote
         if remote is None:
             return
-        self._send_udp(out.data, remote)
+        self._send_udp(out.data, remote, from_port=client.udp_local_port)
 
     def _link_of(self, client: ClientState) -> StreamLink | None:
         """The stream the client's traffic last authenticated on (C may have moved it)."""
