@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a self-contained tunnel in network namespaces")
     demo.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
+    demo.add_argument("--manual", action="store_true", help="manual keys instead of IKEv2 (tcp or udp)")
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the throughput test")
     demo.set_defaults(func=cmd_demo)
     return p
