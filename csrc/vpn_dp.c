@@ -69,6 +69,11 @@ struct dp_route {
     vpn_dp_peer *peer;
 };
 
+union dp_gso_ctl {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+};
+
 struct dp_stage {
     vpn_dp_peer *peer;
     uint32_t len;
@@ -99,6 +104,9 @@ struct vpn_dp {
     size_t stage_stride;
     struct dp_stage stage_meta[DP_STAGE_SLOTS];
     uint32_t n_stage;
+    struct mmsghdr tx_msgs[DP_STAGE_SLOTS];
+    struct iovec tx_iov[DP_STAGE_SLOTS];
+    union dp_gso_ctl tx_ctl[DP_STAGE_SLOTS];
     vpn_dp_conn *dirty[64];
     uint32_t n_dirty;
     int dirty_overflow;
@@ -494,12 +502,9 @@ int vpn_dp_unbind_spi(vpn_dp *dp, uint32_t spi)
  * On the wire nothing changes: ordinary UDP datagrams, one ESP packet each (RFC 3948). */
 static void stage_flush(vpn_dp *dp)
 {
-    static struct mmsghdr msgs[DP_STAGE_SLOTS];
-    static struct iovec iov[DP_STAGE_SLOTS];
-    static union {
-        char buf[CMSG_SPACE(sizeof(uint16_t))];
-        struct cmsghdr align;
-    } ctl[DP_STAGE_SLOTS];
+    struct mmsghdr *msgs = dp->tx_msgs;
+    struct iovec *iov = dp->tx_iov;
+    union dp_gso_ctl *ctl = dp->tx_ctl;
     uint32_t i = 0;
     while (i < dp->n_stage) {
         int fd = dp->stage_meta[i].peer->conn->fd;
