@@ -71,12 +71,6 @@ def kill_switch_state_path(name: str) -> Path:
     return paths.run_dir() / f"{name}.killswitch.json"
 
 
-def has_leftovers(name: str) -> bool:
-    """An instance `name` left changes in this namespace (it did not stop cleanly)."""
-    return any(p.exists() for p in (paths.journal_path(name), dns_journal_path(name),
-                                    kill_switch_state_path(name)))
-
-
 def leftover_names() -> list[str]:
     """Names of instances that left changes behind in this namespace."""
     d = paths.run_dir()
@@ -217,8 +211,12 @@ class IkeClient(TunnelHost):
         if self.export_keys:
             self._write_export_keys(self.export_keys)
 
+    def _server_text(self) -> str:
+        remote = self.cfg.transport.remote
+        return f"{remote} ({self.server_addr})" if self.server_addr and self.server_addr != remote else str(remote)
+
     def _no_answer(self) -> str:
-        return f"no answer from {self.cfg.transport.remote} over {self.transport.upper()}"
+        return f"no answer from {self._server_text()} over {self.transport.upper()}"
 
     async def _run_sessions(self) -> None:
         """One IKE SA after another: a new one (with backoff) whenever the last ended.
@@ -344,11 +342,12 @@ class IkeClient(TunnelHost):
 
     async def _connect(self) -> StreamLink:
         port = self._stream_port()
-        where = f"{self.cfg.transport.remote} ({self.server_addr}) port {port} over {self.transport.upper()}"
+        where = f"{self._server_text()} port {port} over {self.transport.upper()}"
         try:
             sock = await open_connection(self.server_addr, port, mark=FWMARK, local=self.cfg.transport.local)
         except OSError as exc:
-            raise _ConnectFailed(f"cannot reach {where}: {exc.strerror or exc}") from None
+            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            raise _ConnectFailed(f"cannot reach {where}: {why}") from None
         tls = self.tls_context if self.transport == "tls" else None
         link = self.new_link(sock, originator=True, tls_context=tls, tls_settings=self.tls_settings,
                              tls_session=self.tls_session)
@@ -562,8 +561,7 @@ class IkeClient(TunnelHost):
         port = self._stream_port() if self.transport != "udp" else NATT_PORT
         st.update({
             "role": "client",
-            "server": f"{tr.remote} ({self.server_addr})" if self.server_addr and self.server_addr != tr.remote
-            else tr.remote,
+            "server": self._server_text(),
             "server_address": f"{self.server_addr}:{port}" if self.server_addr else None,
             "transport": self.transport,
             "configured_transport": tr.protocol,

@@ -207,3 +207,23 @@ def test_kill_switch_lets_nothing_out_in_clear_while_the_server_is_dead(topology
         vpn.client.down()
         vpn.assert_unchanged(before)
         assert tcp_probe(t.client, t.router_client_v4, PROBE_PORT) == "ok"
+
+
+def test_status_says_that_and_why_it_fell_back_to_tcp(topology: Topology, tmp_path: Path) -> None:
+    """auto: UDP first; the router drops UDP 500/4500, so after `fallback_after` a fresh
+    IKE_SA_INIT goes over TCP (RFC 9329 §5.1), and status and log say so, and why."""
+    t = topology
+    t.router.nft("table inet blockudp {\n chain forward_udp {\n  type filter hook forward priority 0;\n"
+                 "  udp dport { 500, 4500 } drop\n }\n}\n")
+    with ike_tunnel(t, tmp_path, protocol="auto", fallback_after=1.5, dns=False) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        vpn.ping(SERVER_INNER)
+        st = vpn.client.status()
+        assert st["configured_transport"] == "auto" and st["transport"] == "tcp"
+        assert st["fell_back"] is True and st["fallback_reason"] == "no answer over UDP within 1.5 s"
+        assert st["server_address"] == f"{t.server_v4}:4500"
+        human = vpn.client.cli("status").stdout.decode()
+        assert "over TCP (fell back from UDP: no answer over UDP within 1.5 s)" in human, human
+        assert "falling back from UDP to TCP: no answer over UDP within 1.5 s" in vpn.client.log_tail()
+        vpn.client.down()
