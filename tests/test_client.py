@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -31,7 +32,7 @@ def test_the_default_peer_timeout_is_strongswans_schedule() -> None:
     assert (rt.timeout, rt.base, rt.tries) == (default.timeout, default.base, default.tries)
 
 
-STATUS = {
+STATUS: dict[str, object] = {
     "ok": True, "state": "up", "role": "client", "mode": "ike", "device": "vpn0", "mtu": 1400, "uptime_s": 75.2,
     "server": "vpn.example.org (192.0.2.10)", "server_address": "192.0.2.10:4500", "transport": "tcp",
     "configured_transport": "auto", "fell_back": True, "fallback_reason": "no answer over UDP within 4 s",
@@ -95,3 +96,11 @@ def test_leftovers_are_found_and_a_dns_change_is_undone(run_root: Path, tmp_path
     assert client.undo_leftovers("a") == ["DNS"]
     assert resolv.read_text() == "nameserver 192.0.2.1\n"
     assert client.leftover_names() == ["b"]
+
+
+def test_status_of_a_lost_connection_and_a_request_in_flight() -> None:
+    base: dict[str, Any] = STATUS["ike_sa"]  # type: ignore[assignment]
+    ike = {**base, "dpd": {**base["dpd"], "waiting_for": "empty informational"}}
+    text = format_status("vpn0", {**STATUS, "connected": False, "fell_back": False, "ike_sa": ike})
+    assert "over TCP (auto), connection lost: reconnecting" in text
+    assert "; waiting for the answer to: empty informational" in text

@@ -137,6 +137,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 15
     while name in control.running_instances() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if name not in control.running_instances():
+        undo_leftovers(name)  # whatever its own stop could not undo (normally nothing)
     print(f"{name}: down")
     return 0
 
@@ -186,6 +188,8 @@ def _format_client(st: dict[str, Any]) -> list[str]:
         transport += f" (fell back from UDP: {st.get('fallback_reason')})"
     elif st.get("configured_transport") == "auto":
         transport += " (auto)"
+    if st.get("connected") is False:
+        transport += ", connection lost: reconnecting"
     lines = [f"  server: {st.get('server')} at {st.get('server_address')} over {transport}",
              f"  device: {st.get('device')}, mtu {st.get('mtu')}, up {_duration(st.get('uptime_s'))}",
              f"  virtual IP: {', '.join(st.get('virtual_ip') or []) or '-'}"
@@ -203,6 +207,8 @@ def _format_client(st: dict[str, Any]) -> list[str]:
         live = f"  liveness: last heard {_duration(ike.get('last_heard_s_ago'))} ago"
         if dpd.get("in_progress"):
             live += "; DPD in progress"
+        elif dpd.get("waiting_for"):
+            live += f"; waiting for the answer to: {dpd['waiting_for']}"
         elif dpd.get("next_in_s") is not None:
             live += f"; next DPD in {_duration(dpd['next_in_s'])}"
         if dpd.get("last_sent_s_ago") is not None:

@@ -564,6 +564,7 @@ class IkeClient(TunnelHost):
             "server": self._server_text(),
             "server_address": f"{self.server_addr}:{port}" if self.server_addr else None,
             "transport": self.transport,
+            "connected": None if self.transport == "udp" else bool(self.link is not None and self.link.is_open),
             "configured_transport": tr.protocol,
             "fell_back": self.fallback_reason is not None,
             "fallback_reason": self.fallback_reason,
@@ -660,6 +661,7 @@ def _ike_status(session: IkeSession, mono: float, wall: float, client: IkeClient
             "peer_timeout_s": client.ike.peer_timeout_s,
             "next_in_s": until(times.dpd_due),
             "in_progress": times.outstanding == DPD_KIND,
+            "waiting_for": times.outstanding,  # any request in flight also proves liveness
             "last_sent_s_ago": ago(client.last_dpd_sent),
             "last_answered_s_ago": ago(client.last_dpd_answered),
         },

@@ -7,7 +7,10 @@
   leaves the namespace exactly as it was (addresses, routes, rules, nftables,
   resolv.conf).
 - A crash (SIGKILL) leaves the kill switch and the journal; the next `vpn up` undoes the
-  journal and comes up; `vpn down` with no daemon undoes everything.
+  journal and comes up, and its `vpn down` leaves the namespace as found; after another
+  crash, `vpn down` with no daemon undoes everything too.
+- With a split tunnel, the kill switch lets nothing out in clear, also after the server
+  died; `vpn status` says when and why `auto` fell back to TCP.
 """
 
 from __future__ import annotations
@@ -142,7 +145,10 @@ def test_kill_switch_through_a_crash_until_vpn_down(topology: Topology, tmp_path
         assert rules.count("not from all fwmark 0x5650") == 1, rules
         st = vpn.client.status()
         assert st["kill_switch"]["table"] == "inet vpnks_ikc"
+        vpn.client.down()  # the recovered instance stops cleanly: exactly as found
+        vpn.assert_unchanged(before)
 
+        vpn.client.up()
         vpn.client.kill9()
         r = vpn.client.cli("down")  # no daemon: undo what it left
         out = r.stdout.decode()

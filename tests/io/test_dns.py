@@ -218,6 +218,9 @@ def test_resolvectl_sets_the_link_and_reverts_it(tmp_path: Path) -> None:
                      ["resolvectl", "default-route", "vpn0", "yes"]]
     assert not (tmp_path / "untouched").exists()
     calls.clear()
+    d.apply("vpn0", ["10.10.0.9"], route_all=False)  # split tunnel: the servers only
+    assert calls == [["resolvectl", "dns", "vpn0", "10.10.0.9"]]
+    calls.clear()
     assert dns.undo_journal(tmp_path / "vpn0.dns.json", run=run) is True
     assert calls == [["resolvectl", "revert", "vpn0"]]
 

@@ -182,8 +182,9 @@ class DnsConfig:
 
     def apply(self, ifname: str, servers: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address | str],
               *, route_all: bool = True) -> None:
-        """Use `servers` for every lookup (`route_all`: resolved's `~.`, a full tunnel)
-        or for lookups resolved sends this link. Calling again replaces our servers and
+        """Use `servers` for lookups. `route_all` (a full tunnel): with resolved, every
+        name goes to them (routing domain `~.`); else resolved also keeps the other
+        links' servers. A file holds only ours. Calling again replaces our servers and
         keeps the first journal (the file as it was before us)."""
         texts = [str(ipaddress.ip_address(str(s))) for s in servers]
         if not texts:
@@ -191,8 +192,9 @@ class DnsConfig:
         if self.method == "resolvectl":
             self._journal({"method": "resolvectl", "ifname": ifname})
             self.run(["resolvectl", "dns", ifname, *texts])
-            self.run(["resolvectl", "domain", ifname, "~." if route_all else ""])
-            self.run(["resolvectl", "default-route", ifname, "yes" if route_all else "no"])
+            if route_all:  # every name through the tunnel's servers, none elsewhere
+                self.run(["resolvectl", "domain", ifname, "~."])
+                self.run(["resolvectl", "default-route", ifname, "yes"])
         else:
             self._write_file(texts)
         self.applied = texts
