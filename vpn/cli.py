@@ -22,6 +22,7 @@ from vpn import __version__, config
 from vpn.io import control, paths
 
 UP_TIMEOUT_S = 60.0
+STOP_WAIT_S = 15.0
 
 
 def _pick_name(name: str | None) -> str:
@@ -56,10 +57,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     if status == "ok":
         print(f"{cfg.name}: up (daemon pid {proc.pid}, log {log_path})")
         return 0
-    if proc.poll() is None:
-        proc.terminate()
+    _wait_undone(proc, stop_first=status.startswith("not up after"))
     print(f"{cfg.name}: failed: {status} (log {log_path})", file=sys.stderr)
     return 1
+
+
+def _wait_undone(proc: subprocess.Popen[bytes], *, stop_first: bool) -> None:
+    """A daemon that failed to start undoes its changes, then exits: return after that
+    (one that is still starting is told to stop first)."""
+    if not stop_first:
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _wait_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> str:

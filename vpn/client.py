@@ -140,6 +140,7 @@ class IkeClient(TunnelHost):
         self.addresses: list[str] = []
         self.dns_servers: list[str] = []
         self.dns: dns.DnsConfig | None = None
+        self.dns_refused: str | None = None  # why DNS cannot be changed here
         self.kill_switch: KillSwitch | None = None
         self.routes_done = False
         self.sessions_started = 0
@@ -175,7 +176,7 @@ class IkeClient(TunnelHost):
             try:
                 self.dns = dns.DnsConfig(cfg.name, dns_journal_path(cfg.name))
             except dns.DnsError as exc:
-                raise StartupError(f"DNS: {exc}") from None
+                self.dns_refused = f"DNS: {exc}"  # an error only if the server pushes DNS servers
         ks = KillSwitch(cfg.name, kill_switch_state_path(cfg.name))
         try:
             # the server's name is looked up before DNS changes (and before a kill switch)
@@ -504,10 +505,15 @@ class IkeClient(TunnelHost):
             if not self.routes_done:
                 await self.netconf_call(self._install_routes, list(e.subnets))
                 self.routes_done = True
+            if self.dns_refused and servers:
+                raise StartupError(self.dns_refused)
             if self.dns is not None and servers and servers != self.dns_servers:
                 await self.netconf_call(self.dns.apply, self.tun.name, servers, route_all=self.net.full_tunnel)
                 self.dns_servers = servers
                 self.event(f"DNS set to {', '.join(servers)} ({self.dns.method})")
+        except StartupError as exc:
+            self._fail(str(exc))
+            self.setup_error = self.failure
         except Exception as exc:  # noqa: BLE001 - reported to `vpn up`, never swallowed
             self._fail(f"cannot configure the tunnel: {exc}")
             self.setup_error = self.failure

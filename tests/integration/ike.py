@@ -223,7 +223,7 @@ class IkeTunnel:
 @contextlib.contextmanager
 def ike_tunnel(topo: Topology, workdir: Path, *, server_psk: str = PSK, uplink: str | None = None,
                server_script: str | None = None, names: tuple[str, str] = ("iks", "ikc"),
-               **client_kw: Any) -> Iterator[IkeTunnel]:
+               server_dns: tuple[str, ...] = (SERVER_INNER,), **client_kw: Any) -> Iterator[IkeTunnel]:
     """Configs and PSK files in `workdir`, the client namespace's own resolv.conf; the
     server process and client daemons are always stopped at the end."""
     for fname, secret in (("client.psk", PSK), ("server-alice.psk", server_psk), ("server.psk", PSK)):
@@ -232,7 +232,8 @@ def ike_tunnel(topo: Topology, workdir: Path, *, server_psk: str = PSK, uplink: 
         os.chmod(path, 0o600)
     srv_cfg = workdir / "server.toml"
     srv_cfg.write_text(server_config_text(name=names[0], psk_file=workdir / "server.psk",
-                                          client_psk_file=workdir / "server-alice.psk", uplink=uplink))
+                                          client_psk_file=workdir / "server-alice.psk", uplink=uplink,
+                                          dns=server_dns))
     server = ServerProc(topo.server, names[0], srv_cfg, workdir / "run-server", workdir / "server.log",
                         script=server_script)
     client = VpnSide(topo.client, "client", names[1], workdir / "client.toml", workdir / "run-client")

@@ -111,14 +111,28 @@ def test_dpd_notices_a_dead_server_and_the_client_comes_back(topology: Topology,
 def test_dns_is_refused_where_the_namespace_has_no_resolv_conf_of_its_own(topology: Topology,
                                                                          tmp_path: Path) -> None:
     """Without /etc/netns/NAME/resolv.conf, /etc/resolv.conf inside the namespace is the
-    machine's own file: `vpn up` refuses (before any change) instead of touching it."""
+    machine's own file: when the server pushes DNS servers, `vpn up` fails with the fix
+    instead of touching it, and undoes the rest."""
     machine = Path("/etc/resolv.conf")
     machine_before = (machine.read_bytes(), machine.stat().st_ino, machine.stat().st_mtime_ns)
     with ike_tunnel(topology, tmp_path, protocol="tcp") as vpn:
         vpn.resolv_conf.unlink()
         before = snapshot(topology.client)
+        vpn.server.start()
         r = vpn.client.cli("up", str(vpn.client.config), check=False, timeout=30)
         err = r.stderr.decode()
         assert r.returncode == 1 and "has no resolv.conf of its own" in err and "dns = false" in err, err
         assert snapshot(topology.client) == before
+        assert not [f for f in vpn.client.run_files() if not f.endswith(".log")]
     assert (machine.read_bytes(), machine.stat().st_ino, machine.stat().st_mtime_ns) == machine_before
+
+
+def test_a_server_that_pushes_no_dns_needs_no_resolv_conf(topology: Topology, tmp_path: Path) -> None:
+    with ike_tunnel(topology, tmp_path, protocol="tcp", server_dns=()) as vpn:
+        vpn.resolv_conf.unlink()
+        vpn.server.start()
+        vpn.client.up()
+        st = vpn.client.status()
+        assert st["dns"] == [] and st["dns_method"] is None
+        vpn.ping(SERVER_INNER)
+        vpn.client.down()
