@@ -488,6 +488,17 @@ class IkeClient(TunnelHost):
     async def _apply_addresses(self, e: ev.VirtualAddressAssigned) -> None:
         """The virtual address on the TUN, then the routes (once), then DNS, then `vpn up`
         returns. A later IKE SA that gets other addresses replaces ours."""
+        try:
+            await self._configure(e)
+        except StartupError as exc:
+            self._fail(str(exc))
+            self.setup_error = self.failure
+        except Exception as exc:  # noqa: BLE001 - reported to `vpn up`, never swallowed
+            self._fail(f"cannot configure the tunnel: {exc}")
+            self.setup_error = self.failure
+        self.up_event.set()
+
+    async def _configure(self, e: ev.VirtualAddressAssigned) -> None:
         assert self.tun is not None and self.netconf is not None
         wanted = [str(a.ip) + ("/32" if a.version == 4 else "/128") for a in e.addresses]
         for addr in wanted:
@@ -501,23 +512,15 @@ class IkeClient(TunnelHost):
             self.addresses.remove(addr)
         servers = [str(d) for d in e.dns]
         self.event("virtual address " + ", ".join(wanted) + (f", DNS {', '.join(servers)}" if servers else ""))
-        try:
-            if not self.routes_done:
-                await self.netconf_call(self._install_routes, list(e.subnets))
-                self.routes_done = True
-            if self.dns_refused and servers:
-                raise StartupError(self.dns_refused)
-            if self.dns is not None and servers and servers != self.dns_servers:
-                await self.netconf_call(self.dns.apply, self.tun.name, servers, route_all=self.net.full_tunnel)
-                self.dns_servers = servers
-                self.event(f"DNS set to {', '.join(servers)} ({self.dns.method})")
-        except StartupError as exc:
-            self._fail(str(exc))
-            self.setup_error = self.failure
-        except Exception as exc:  # noqa: BLE001 - reported to `vpn up`, never swallowed
-            self._fail(f"cannot configure the tunnel: {exc}")
-            self.setup_error = self.failure
-        self.up_event.set()
+        if not self.routes_done:
+            await self.netconf_call(self._install_routes, list(e.subnets))
+            self.routes_done = True
+        if self.dns_refused and servers:
+            raise StartupError(self.dns_refused)
+        if self.dns is not None and servers and servers != self.dns_servers:
+            await self.netconf_call(self.dns.apply, self.tun.name, servers, route_all=self.net.full_tunnel)
+            self.dns_servers = servers
+            self.event(f"DNS set to {', '.join(servers)} ({self.dns.method})")
 
     def _install_routes(self, subnets: list[Any]) -> None:
         """Full tunnel: everything into the tunnel from table ROUTE_TABLE, except packets
