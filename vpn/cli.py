@@ -162,7 +162,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     names = [args.name] if args.name else control.running_instances()
     if not names:
+        from vpn.client import leftover_names
+
         print("no instance is running in this network namespace", file=sys.stderr)
+        for name in leftover_names():  # a crashed instance's routes, DNS or kill switch
+            print(f"{name} did not stop cleanly and left changes behind: `vpn down {name}` undoes them",
+                  file=sys.stderr)
         return 1
     out = {}
     for name in names:

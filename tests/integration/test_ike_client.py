@@ -150,6 +150,8 @@ def test_kill_switch_through_a_crash_until_vpn_down(topology: Topology, tmp_path
 
         vpn.client.up()
         vpn.client.kill9()
+        r = vpn.client.cli("status", check=False)
+        assert r.returncode == 1 and b"ikc did not stop cleanly" in r.stderr and b"vpn down ikc" in r.stderr, r
         r = vpn.client.cli("down")  # no daemon: undo what it left
         out = r.stdout.decode()
         assert "not running; undid" in out and "DNS" in out and "kill switch" in out, out
