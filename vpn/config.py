@@ -253,6 +253,7 @@ class IkeConfig:
     child_rekey_s: float
     ike_rekey_s: float
     fallback: str  # auto: "tcp" or "tls"
+    peer_timeout_s: float = 165.0  # an unanswered request (e.g. DPD) ends the IKE SA after this
 
 
 @dataclass(frozen=True)
@@ -401,6 +402,8 @@ def _ike(sec: _Section) -> IkeConfig:
         child_rekey_s=float(sec.int_range("rekey", 60, 86400, 3600)),
         ike_rekey_s=float(sec.int_range("ike_rekey", 300, 7 * 86400, 4 * 3600)),
         fallback=fallback,
+        peer_timeout_s=float(sec.int_range("peer_timeout", 2, 3600, 165,
+                                           why="seconds an unanswered request (e.g. DPD) may take")),
     )
     sec.finish()
     return ike

@@ -178,6 +178,24 @@ class Outgoing:
     remote: Address | None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionTimes:
+    """When things happen next, for a status display (read-only, on the session's clock).
+
+    `child_rekey_at` maps each installed Child SA's inbound SPI to its rekey time;
+    `last_heard` is the last authenticated message (or reported ESP) from the peer;
+    `outstanding` is the kind of our request in flight on the current IKE SA
+    ("liveness check" while a DPD runs, RFC 7296 §2.4).
+    """
+
+    ike_rekey_at: float | None
+    ike_expire_at: float | None
+    child_rekey_at: tuple[tuple[bytes, float | None], ...]
+    last_heard: float
+    dpd_due: float | None
+    outstanding: str | None
+
+
 class _NotNarrowed(NoProposalChosen):
     """A Child SA answer whose selectors are not a narrowing of ours (RFC 7296 §2.9)."""
 
@@ -358,6 +376,19 @@ class IkeSession:
             for c in self._children.values()
             if c.state in (ChildState.INSTALLED, ChildState.REKEYING)
         ]
+
+    def times(self) -> SessionTimes:
+        """Rekey times, liveness and the request in flight (a read-only snapshot)."""
+        sa = None if self._closed else self._sa
+        return SessionTimes(
+            ike_rekey_at=sa.rekey_at if sa else None,
+            ike_expire_at=sa.expire_at if sa else None,
+            child_rekey_at=tuple((c.spi_in, c.rekey_at) for c in self._children.values()
+                                 if c.state in (ChildState.INSTALLED, ChildState.REKEYING)),
+            last_heard=self._last_heard,
+            dpd_due=self._dpd_due(),
+            outstanding=sa.outstanding.kind if sa and sa.outstanding else None,
+        )
 
     def __repr__(self) -> str:
         role = "initiator" if self._initiator else "responder"
@@ -2377,4 +2408,4 @@ class IkeSession:
         log.debug("%s: dropped: %s", self._sa.tag() if self._sa else "-", why)
 
 
-__all__ = ["IkeSession", "Outgoing", "invalid_major_version_reply"]
+__all__ = ["IkeSession", "Outgoing", "SessionTimes", "invalid_major_version_reply"]
