@@ -48,6 +48,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vpn.ike.constants import (
+    IKE_NATT_PORT,
+    IKE_UDP_PORT,
     CertEncoding,
     CfgAttr,
     CfgType,
@@ -902,6 +904,7 @@ class IkeSession:
         if remote is not None:
             self._remote = remote
         self._check_natd(payloads, sa.spi_i, sa.spi_r, remote)
+        self._move_to_natt_port()
         self._peer_frag = msg.has_notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
         sa.fragmentation = self._peer_frag and self.policy.fragmentation
         self._read_hashes(msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS))
@@ -911,6 +914,14 @@ class IkeSession:
         sa.fsm.apply(IkeInput.RECV_INIT_RESPONSE)
         self._last_heard = now
         self._send_auth_request(sa, now)
+
+    def _move_to_natt_port(self) -> None:
+        """RFC 7296 §2.23: with a NAT detected (or faked: ESP always in UDP), the
+        initiator sends IKE_AUTH and all later messages of the SA to port 4500, with
+        the non-ESP marker; port 500 never carries UDP-encapsulated ESP (RFC 3948)."""
+        remote = self._remote
+        if not self._stream and remote is not None and remote[1] == IKE_UDP_PORT and self._udp_encap():
+            self._remote = (remote[0], IKE_NATT_PORT)
 
     def _init_failed(self, sa: IkeSa, req: Request, now: float) -> None:
         """An unauthenticated error in IKE_SA_INIT (RFC 7296 §2.21.1): over UDP wait one
