@@ -322,3 +322,50 @@ def test_our_client_strongswan_server_psk(topology: Topology, tmp_path: Path) ->
             ping(topology.server, vip, "strongSwan server -> client")
             transfer(topology.client, topology.server, SWAN_INNER)
             transfer(topology.server, topology.client, vip)
+
+
+@dataclass
+class OurServerCase:
+    """A strongSwan client up against our server."""
+
+    topo: Topology
+    charon: Charon
+    server: OurServer
+
+    def ike_sa(self) -> IkeSaInfo:
+        sas = [sa for sa in self.charon.ike_sas() if sa.state == "ESTABLISHED"]
+        assert len(sas) == 1, sas
+        return sas[0]
+
+
+@contextlib.contextmanager
+def our_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "default",
+               fragment_size: int = 1280) -> Iterator[OurServerCase]:
+    creds = make_creds(kind, tmp / "creds")
+    server = OurServer(topo.server, our_server_conf(tmp, creds), tmp / "run-server")
+    charon = None
+    try:
+        conf = swanctl_conf(creds, role="client", local_addr=topo.client_v4, remote_addr=topo.server_v4,
+                            proposals=proposals)
+        charon = start_charon(topo.client, tmp / "swan", creds, conf, "client", fragment_size=fragment_size)
+        with diagnostics(charon, server):
+            charon.swanctl("--initiate", "--child", "net", "--timeout", "20", timeout=30)
+        yield OurServerCase(topo, charon, server)
+    finally:
+        if charon is not None:
+            charon.stop()
+        server.stop()
+
+
+def test_strongswan_client_our_server_psk(topology: Topology, tmp_path: Path) -> None:
+    with our_server(topology, tmp_path, "psk") as case:
+        with diagnostics(case.charon, case.server):
+            sa = case.ike_sa()
+            print(sa)
+            st = case.server.status()
+            print(json.dumps(st["clients"], indent=1))
+            vip = sa.local_vips[0]
+            ping(topology.client, OUR_INNER, "strongSwan client -> our server")
+            ping(topology.server, vip, "our server -> strongSwan client")
+            transfer(topology.client, topology.server, OUR_INNER)
+            transfer(topology.server, topology.client, vip)

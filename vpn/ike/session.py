@@ -150,6 +150,7 @@ IKE_SPI_BYTES = 8
 ESP_SPI_BYTES = 4
 ESP_SPI_MIN = 256  # RFC 4303 §2.1: SPI values 1..255 are reserved
 ZERO_SPI = bytes(IKE_SPI_BYTES)
+NATD_HASH_BYTES = 20  # RFC 7296 §2.23: SHA-1 of SPIs, address and port
 SIGNATURE_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512)
 # RFC 7296 §2.25: after TEMPORARY_FAILURE wait before retrying; give up after a few minutes.
 TEMPORARY_FAILURE_RETRY_SECONDS = 10.0
@@ -770,13 +771,19 @@ class IkeSession:
         return nat_detection_hash(spi_i, spi_r, addr[0], addr[1])
 
     def _natd_notifies(self, spi_i: bytes, spi_r: bytes) -> list[Payload]:
-        """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for our addresses (RFC 7296 §2.23)."""
-        src = self._natd(spi_i, spi_r, self._local)
+        """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for our addresses (RFC 7296 §2.23).
+
+        Forcing UDP encapsulation needs no local address (a server on a wildcard socket
+        does not know it): the source hash is random and never matches, so the peer
+        sees us behind a NAT. Without these notifies a peer assumes no NAT-T support and
+        never encapsulates ESP (strongSwan's kernel-libipsec then cannot install it)."""
         dst = self._natd(spi_i, spi_r, self._remote)
+        if self.policy.force_udp_encapsulation:
+            src = self._rng(NATD_HASH_BYTES)
+        else:
+            src = self._natd(spi_i, spi_r, self._local)
         if src is None or dst is None:
             return []
-        if self.policy.force_udp_encapsulation:
-            src = self._rng(len(src))  # never matches: the peer sees us behind a NAT
         return [
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, src),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
