@@ -20,7 +20,9 @@ AES-GCM-16 only since our dataplane needs it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import re
 import subprocess
 import textwrap
 import time
@@ -272,100 +274,175 @@ def diagnostics(*sources: Any) -> Iterator[None]:
         tails = "\n".join(s.log_tail() for s in sources if s is not None)
         raise AssertionError(f"{exc}\n{tails}") from exc
 
-
 # --------------------------------------------------------------------------- the cases
 
 
 @dataclass
-class SwanServerCase:
-    """Our client up against a strongSwan server; everything needed to check it."""
+class Case:
+    """One tunnel between strongSwan and our side, and how to reach each end inside it."""
 
-    topo: Topology
     charon: Charon
-    client: VpnSide
+    ours: VpnSide | OurServer
+    swan_ns: Netns
+    our_ns: Netns
+    swan_addr: str  # strongSwan's address inside the tunnel
+    our_addr: str  # ours
+
+    def our_status(self) -> dict[str, Any]:
+        return self.ours.status()
 
     def ike_sa(self) -> IkeSaInfo:
         sas = [sa for sa in self.charon.ike_sas() if sa.state == "ESTABLISHED"]
         assert len(sas) == 1, sas
         return sas[0]
 
+    def child(self) -> ChildSaInfo:
+        """The one installed Child SA (a rekeyed one may linger, deleted, for a moment)."""
+        children = [c for c in self.ike_sa().children if c.state == "INSTALLED"]
+        assert len(children) == 1, children
+        return children[0]
+
+    def log_tails(self) -> Any:
+        return diagnostics(self.charon, self.ours)
+
 
 @contextlib.contextmanager
 def swan_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "default",
-                fragment_size: int = 1280, rekey: int = 3600) -> Iterator[SwanServerCase]:
+                rekey: int = 3600) -> Iterator[Case]:
+    """A strongSwan remote-access server (pool, its own address on lo inside its TS) and
+    our client, up."""
     creds = make_creds(kind, tmp / "creds")
     topo.server.ip("addr", "add", f"{SWAN_INNER}/32", "dev", "lo")
     conf = swanctl_conf(creds, role="server", local_addr=topo.server_v4, remote_addr="%any",
                         proposals=proposals)
-    charon = start_charon(topo.server, tmp / "swan", creds, conf, "server", fragment_size=fragment_size)
-    run_dir = tmp / "run-client"
+    charon = start_charon(topo.server, tmp / "swan", creds, conf, "server")
     client = VpnSide(topo.client, "client", "swc", our_client_conf(tmp, creds, topo.server_v4, rekey=rekey),
-                     run_dir)
+                     tmp / "run-client")
     try:
         with diagnostics(charon, client):
             client.up()
-        yield SwanServerCase(topo, charon, client)
+            (vip,) = wait_for(lambda: client.status()["virtual_ip"], "our client's virtual IP")
+        yield Case(charon, client, topo.server, topo.client, SWAN_INNER, vip.split("/")[0])
     finally:
         client.stop()
         charon.stop()
 
 
-def test_our_client_strongswan_server_psk(topology: Topology, tmp_path: Path) -> None:
-    with swan_server(topology, tmp_path, "psk") as case:
-        with diagnostics(case.charon, case.client):
-            sa = case.ike_sa()
-            print(sa)
-            st = case.client.status()
-            print(json.dumps(st, indent=1))
-            ping(topology.client, SWAN_INNER, "client -> strongSwan server")
-            vip = sa.remote_vips[0]
-            ping(topology.server, vip, "strongSwan server -> client")
-            transfer(topology.client, topology.server, SWAN_INNER)
-            transfer(topology.server, topology.client, vip)
-
-
-@dataclass
-class OurServerCase:
-    """A strongSwan client up against our server."""
-
-    topo: Topology
-    charon: Charon
-    server: OurServer
-
-    def ike_sa(self) -> IkeSaInfo:
-        sas = [sa for sa in self.charon.ike_sas() if sa.state == "ESTABLISHED"]
-        assert len(sas) == 1, sas
-        return sas[0]
-
-
 @contextlib.contextmanager
-def our_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "default",
-               fragment_size: int = 1280) -> Iterator[OurServerCase]:
+def our_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "default") -> Iterator[Case]:
+    """Our server and a strongSwan client (vips = 0.0.0.0), up."""
     creds = make_creds(kind, tmp / "creds")
     server = OurServer(topo.server, our_server_conf(tmp, creds), tmp / "run-server")
     charon = None
     try:
         conf = swanctl_conf(creds, role="client", local_addr=topo.client_v4, remote_addr=topo.server_v4,
                             proposals=proposals)
-        charon = start_charon(topo.client, tmp / "swan", creds, conf, "client", fragment_size=fragment_size)
+        charon = start_charon(topo.client, tmp / "swan", creds, conf, "client")
         with diagnostics(charon, server):
             charon.swanctl("--initiate", "--child", "net", "--timeout", "20", timeout=30)
-        yield OurServerCase(topo, charon, server)
+            vips = [sa.local_vips for sa in charon.ike_sas()]
+            assert vips and len(vips[0]) == 1, f"strongSwan got no virtual IP: {vips}"
+        yield Case(charon, server, topo.client, topo.server, vips[0][0], OUR_INNER)
     finally:
         if charon is not None:
             charon.stop()
         server.stop()
 
 
-def test_strongswan_client_our_server_psk(topology: Topology, tmp_path: Path) -> None:
-    with our_server(topology, tmp_path, "psk") as case:
-        with diagnostics(case.charon, case.server):
-            sa = case.ike_sa()
-            print(sa)
-            st = case.server.status()
-            print(json.dumps(st["clients"], indent=1))
-            vip = sa.local_vips[0]
-            ping(topology.client, OUR_INNER, "strongSwan client -> our server")
-            ping(topology.server, vip, "our server -> strongSwan client")
-            transfer(topology.client, topology.server, OUR_INNER)
-            transfer(topology.server, topology.client, vip)
+def check_child(case: Case) -> ChildSaInfo:
+    """Both ends hold the same one Child SA: SPIs crossed, AES-GCM-16, no ESN."""
+    swan = case.child()
+    ours = our_children(case.our_status())
+    assert list(ours) == [swan.spi_out], (ours, swan)
+    assert_pair(ours[swan.spi_out], swan)
+    assert swan.encr == "AES_GCM_16" and not swan.esn, swan
+    assert ours[swan.spi_out]["algorithms"] == f"AES_GCM_16_{swan.encr_keysize}"
+    return swan
+
+
+def check_traffic(case: Case, *, transfers: bool = True) -> None:
+    """Ping both ways; a byte-exact TCP transfer each way."""
+    ping(case.our_ns, case.swan_addr, "ours -> strongSwan")
+    ping(case.swan_ns, case.our_addr, "strongSwan -> ours")
+    if transfers:
+        transfer(case.our_ns, case.swan_ns, case.swan_addr)
+        transfer(case.swan_ns, case.our_ns, case.our_addr)
+
+
+def check_counts(case: Case, child: ChildSaInfo, *, exact: bool) -> None:
+    """Traffic went through this Child SA, on both ends and in both directions. `exact`
+    (light traffic): what one end sent, the other received; under load a UDP socket may
+    drop a datagram (TCP inside recovers), so only at most."""
+    swan = next(c for c in case.ike_sa().children if c.spi_in == child.spi_in)
+    ours = our_children(case.our_status())[swan.spi_out]
+    assert swan.packets_in > 0 and swan.packets_out > 0, swan
+    assert ours["in_packets"] > 0 and ours["out_packets"] > 0, ours
+    pairs = ((ours["out_packets"], swan.packets_in), (swan.packets_out, ours["in_packets"]))
+    for sent, received in pairs:
+        assert (sent == received) if exact else (sent >= received), (ours, swan)
+
+
+def wait_rekeyed(case: Case, old: ChildSaInfo, timeout: float = strongswan.WAIT_S) -> ChildSaInfo:
+    """The new Child SA is the only one left on both ends; traffic flows on it."""
+    def settled() -> ChildSaInfo | None:
+        children = [c for c in case.ike_sa().children if c.state == "INSTALLED"]
+        if len(children) != 1 or children[0].spi_in == old.spi_in:
+            return None
+        new = children[0]
+        return new if list(our_children(case.our_status())) == [new.spi_out] else None
+
+    new: ChildSaInfo = wait_for(settled, "the rekeyed Child SA alone on both ends", timeout, step=0.5)
+    assert new.spi_out != old.spi_out
+    check_traffic(case, transfers=False)
+    check_counts(case, new, exact=True)
+    return new
+
+
+KINDS = ["psk", "ecdsa", "rsa"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_our_client_strongswan_server(topology: Topology, tmp_path: Path, kind: str) -> None:
+    with swan_server(topology, tmp_path, kind) as case, case.log_tails():
+        sa = case.ike_sa()
+        assert sa.remote_id == CLIENT_ID and sa.local_id == SERVER_ID
+        assert sa.remote_vips == (case.our_addr,)  # leased from strongSwan's pool by CP
+        assert case.our_addr in {str(a) for a in ipaddress.ip_network(SWAN_POOL)}
+        assert sa.nat_remote and sa.remote.endswith("]") and not sa.remote.endswith("[500]")
+        assert sa.local.endswith("[4500]")  # everything after IKE_SA_INIT on 4500
+        st = case.our_status()
+        assert st["dns"] == [SWAN_DNS]  # INTERNAL_IP4_DNS from the pool
+        child = check_child(case)
+        assert child.local_ts == (SWAN_NET,) and child.remote_ts == (f"{case.our_addr}/32",)
+        check_traffic(case)
+        check_counts(case, child, exact=False)
+        case.charon.swanctl("--rekey", "--child", "net")
+        wait_rekeyed(case, child)
+        report(kind, "our client -> strongSwan server", case)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_strongswan_client_our_server(topology: Topology, tmp_path: Path, kind: str) -> None:
+    with our_server(topology, tmp_path, kind) as case, case.log_tails():
+        sa = case.ike_sa()
+        assert sa.local_id == CLIENT_ID and sa.remote_id == SERVER_ID
+        assert case.swan_addr in {str(a) for a in ipaddress.ip_network(OUR_NET)}
+        assert sa.nat_remote and sa.remote.endswith("[4500]")
+        (client,) = case.our_status()["clients"]
+        assert client["identity"] == CLIENT_ID and client["virtual_ip"] == [case.swan_addr]
+        child = check_child(case)
+        assert child.local_ts == (f"{case.swan_addr}/32",) and child.remote_ts == (OUR_NET,)
+        check_traffic(case)
+        check_counts(case, child, exact=False)
+        case.charon.swanctl("--rekey", "--child", "net")
+        wait_rekeyed(case, child)
+        report(kind, "strongSwan client -> our server", case)
+
+
+def report(kind: str, what: str, case: Case) -> None:
+    """What was negotiated, from charon's point of view (shown with `pytest -s`)."""
+    sa = case.ike_sa()
+    auth = sorted({m.group(1) for m in re.finditer(r"authentication of '[^']+' with (.+?) successful",
+                                                     case.charon.log())})
+    frags = ("fragmented" if "reassembled fragmented IKE message" in case.charon.log() else "")
+    print(f"\n[{kind}] {what}: {sa.algorithms}, {case.child().algorithms}, auth {auth} {frags}")
