@@ -183,6 +183,8 @@ class IkeSaInfo:
     name: str
     uniqueid: str
     state: str
+    spi_i: str  # 16 hex digits
+    spi_r: str
     local: str  # host[port]
     remote: str
     local_id: str
@@ -223,6 +225,7 @@ def ike_sas(text: str) -> list[IkeSaInfo]:
             children = d.get("child-sas") or {}
             sas.append(IkeSaInfo(
                 name=name, uniqueid=d.get("uniqueid", ""), state=d.get("state", ""),
+                spi_i=d.get("initiator-spi", ""), spi_r=d.get("responder-spi", ""),
                 local=f"{d.get('local-host')}[{d.get('local-port')}]",
                 remote=f"{d.get('remote-host')}[{d.get('remote-port')}]",
                 local_id=d.get("local-id", ""), remote_id=d.get("remote-id", ""),

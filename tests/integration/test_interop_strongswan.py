@@ -23,7 +23,9 @@ import contextlib
 import ipaddress
 import json
 import re
+import signal
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -51,6 +53,7 @@ SWAN_NET, SWAN_INNER, SWAN_POOL, SWAN_DNS = "10.77.0.0/24", "10.77.0.1", "10.88.
 OUR_NET, OUR_INNER, OUR_DNS = "10.66.0.0/24", "10.66.0.1", "10.66.0.53"
 
 TRANSFER_BYTES = 3 << 20
+OUR_REKEY_WAIT_S = 75.0  # our client's shortest Child SA rekey time is 60 s
 UP_TIMEOUT_S = 60.0
 
 
@@ -398,6 +401,31 @@ def wait_rekeyed(case: Case, old: ChildSaInfo, timeout: float = strongswan.WAIT_
     return new
 
 
+def our_ike_spis(case: Case) -> tuple[str, str]:
+    st = case.our_status()
+    sa = st["ike_sa"] if "ike_sa" in st else st["clients"][0]
+    return sa["spi_i"], sa["spi_r"]
+
+
+def rekey_ike(case: Case) -> None:
+    """strongSwan rekeys the IKE SA (CREATE_CHILD_SA with a new SPI and KE): both ends
+    continue on the new one, the Child SA moves over and keeps carrying traffic."""
+    old = case.ike_sa()
+    child = case.child()
+    case.charon.swanctl("--rekey", "--ike", "vpn")
+
+    def settled() -> IkeSaInfo | None:
+        sas = case.charon.ike_sas()
+        if len(sas) != 1 or sas[0].state != "ESTABLISHED" or sas[0].spi_i == old.spi_i:
+            return None
+        return sas[0] if our_ike_spis(case) == (sas[0].spi_i, sas[0].spi_r) else None
+
+    new: IkeSaInfo = wait_for(settled, "the new IKE SA on both ends", step=0.5)
+    assert [c.spi_in for c in new.children if c.state == "INSTALLED"] == [child.spi_in]
+    check_traffic(case, transfers=False)
+    check_counts(case, child, exact=True)
+
+
 KINDS = ["psk", "ecdsa", "rsa"]
 
 
@@ -412,12 +440,17 @@ def test_our_client_strongswan_server(topology: Topology, tmp_path: Path, kind: 
         assert sa.local.endswith("[4500]")  # everything after IKE_SA_INIT on 4500
         st = case.our_status()
         assert st["dns"] == [SWAN_DNS]  # INTERNAL_IP4_DNS from the pool
+        # no IPv6 link-local on our TUN: nothing outside the selectors enters the tunnel
+        addrs = case.our_ns.run(["ip", "-6", "addr", "show", "dev", st["device"]]).stdout.decode()
+        assert "fe80" not in addrs, addrs
         child = check_child(case)
         assert child.local_ts == (SWAN_NET,) and child.remote_ts == (f"{case.our_addr}/32",)
         check_traffic(case)
         check_counts(case, child, exact=False)
         case.charon.swanctl("--rekey", "--child", "net")
         wait_rekeyed(case, child)
+        if kind == "psk":
+            rekey_ike(case)
         report(kind, "our client -> strongSwan server", case)
 
 
@@ -436,7 +469,53 @@ def test_strongswan_client_our_server(topology: Topology, tmp_path: Path, kind: 
         check_counts(case, child, exact=False)
         case.charon.swanctl("--rekey", "--child", "net")
         wait_rekeyed(case, child)
+        if kind == "psk":
+            rekey_ike(case)
         report(kind, "strongSwan client -> our server", case)
+
+
+def test_our_client_rekeys_the_child_sa(topology: Topology, tmp_path: Path) -> None:
+    """Our client's own Child SA rekey (`rekey = 60`: at 54..60 s, RFC 7296 §2.8.1
+    jitter) with strongSwan as responder; a ping runs across it without a loss."""
+    with swan_server(topology, tmp_path, "psk", rekey=60) as case, case.log_tails():
+        child = check_child(case)
+        argv = ["ping", "-4", "-n", "-i", "0.5", "-W", "2", case.swan_addr]
+        pinger = case.our_ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        new = wait_rekeyed(case, child, timeout=OUR_REKEY_WAIT_S)
+        time.sleep(1.0)
+        pinger.send_signal(signal.SIGINT)
+        out = pinger.communicate(timeout=10)[0].decode(errors="replace")
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert m and int(m.group(1)) > 50 and int(m.group(1)) - int(m.group(2)) <= 1, out
+        assert "parsed CREATE_CHILD_SA request" in case.charon.log()  # we asked, charon answered
+        assert new.spi_in != child.spi_in
+
+
+FORGE = r"""
+import os, socket, struct, sys
+spi_i, spi_r, dst = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]
+body = os.urandom(8 + 32 + 16)  # IV, ciphertext, ICV: does not authenticate
+sk = struct.pack("!BBH", 0, 0, 4 + len(body)) + body
+hdr = spi_i + spi_r + struct.pack("!BBBBII", 46, 0x20, 37, 0x08, 2, 28 + len(sk))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 4500))
+s.sendto(bytes(4) + hdr + sk, (dst, 4500))
+"""
+
+
+def test_our_server_keeps_the_path_on_a_forged_message(topology: Topology, tmp_path: Path) -> None:
+    """An INFORMATIONAL with the client's IKE SPIs but no valid ICV, from another
+    address, does not move the client's return path (RFC 7296 §2.23: only an
+    authenticated message does); the tunnel keeps working."""
+    with our_server(topology, tmp_path, "psk") as case, case.log_tails():
+        sa = case.ike_sa()
+        before = case.our_status()["clients"][0]["remote"]
+        assert before == f"{topology.client_v4}:4500"
+        topology.router.run([sys.executable, "-c", FORGE, sa.spi_i, sa.spi_r, topology.server_v4])
+        time.sleep(0.5)
+        (client,) = case.our_status()["clients"]
+        assert client["remote"] == before and client["state"] == "established", client
+        check_traffic(case, transfers=False)
 
 
 def report(kind: str, what: str, case: Case) -> None:
