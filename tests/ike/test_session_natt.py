@@ -24,14 +24,21 @@ CLIENT_IP, SERVER_IP = "192.0.2.10", "198.51.100.1"
 CLIENT_500 = (CLIENT_IP, 41000)  # the client's ephemeral source port for port 500
 
 
-def handshake(*, force: bool, nat: bool, server_force: bool = False,
-              server_local: Address | None = (SERVER_IP, IKE_UDP_PORT)) -> tuple[list[Outgoing], IkeSession, Message]:
+def handshake(
+    *, force: bool, nat: bool, server_force: bool = False, server_local: Address | None = (SERVER_IP, IKE_UDP_PORT)
+) -> tuple[list[Outgoing], IkeSession, Message]:
     """IKE_SA_INIT over port 500; returns what the client sends next (IKE_AUTH), the
     client and the decoded IKE_SA_INIT response."""
-    client = IkeSession(client_policy(force_udp_encapsulation=force), initiator=True, rng=make_rng(5),
-                        local_addr=CLIENT_500, remote_addr=(SERVER_IP, IKE_UDP_PORT))
-    server = IkeSession(server_policy(force_udp_encapsulation=server_force), initiator=False,
-                        rng=make_rng(6), local_addr=server_local)
+    client = IkeSession(
+        client_policy(force_udp_encapsulation=force),
+        initiator=True,
+        rng=make_rng(5),
+        local_addr=CLIENT_500,
+        remote_addr=(SERVER_IP, IKE_UDP_PORT),
+    )
+    server = IkeSession(
+        server_policy(force_udp_encapsulation=server_force), initiator=False, rng=make_rng(6), local_addr=server_local
+    )
     client.initiate(1000.0)
     (init,) = client.messages_to_send()
     assert init.remote == (SERVER_IP, IKE_UDP_PORT)

@@ -89,9 +89,11 @@ def missing() -> str | None:
         return f"needs strongSwan's charon ({CHARON}: `apt-get install strongswan-charon`)"
     if shutil.which("swanctl") is None:
         return "needs swanctl (`apt-get install strongswan-swanctl`)"
-    for plugin, package in (("kernel-libipsec", "libcharon-extra-plugins"),
-                            ("openssl", "libstrongswan-standard-plugins"),
-                            ("curve25519", "libstrongswan-extra-plugins")):
+    for plugin, package in (
+        ("kernel-libipsec", "libcharon-extra-plugins"),
+        ("openssl", "libstrongswan-standard-plugins"),
+        ("curve25519", "libstrongswan-extra-plugins"),
+    ):
         if not (PLUGIN_DIR / f"libstrongswan-{plugin}.so").exists():
             return f"needs charon's {plugin} plugin (`apt-get install {package}`)"
     if not Path("/dev/net/tun").exists():
@@ -201,13 +203,21 @@ class IkeSaInfo:
 
 def _child(d: dict[str, Any]) -> ChildSaInfo:
     return ChildSaInfo(
-        name=d.get("name", ""), uniqueid=d.get("uniqueid", ""), state=d.get("state", ""),
-        spi_in=d.get("spi-in", ""), spi_out=d.get("spi-out", ""),
-        encr=d.get("encr-alg", ""), encr_keysize=d.get("encr-keysize", ""),
-        esn=d.get("esn") == "1", dh=d.get("dh-group"),
-        local_ts=tuple(d.get("local-ts", ())), remote_ts=tuple(d.get("remote-ts", ())),
-        bytes_in=int(d.get("bytes-in", 0)), bytes_out=int(d.get("bytes-out", 0)),
-        packets_in=int(d.get("packets-in", 0)), packets_out=int(d.get("packets-out", 0)),
+        name=d.get("name", ""),
+        uniqueid=d.get("uniqueid", ""),
+        state=d.get("state", ""),
+        spi_in=d.get("spi-in", ""),
+        spi_out=d.get("spi-out", ""),
+        encr=d.get("encr-alg", ""),
+        encr_keysize=d.get("encr-keysize", ""),
+        esn=d.get("esn") == "1",
+        dh=d.get("dh-group"),
+        local_ts=tuple(d.get("local-ts", ())),
+        remote_ts=tuple(d.get("remote-ts", ())),
+        bytes_in=int(d.get("bytes-in", 0)),
+        bytes_out=int(d.get("bytes-out", 0)),
+        packets_in=int(d.get("packets-in", 0)),
+        packets_out=int(d.get("packets-out", 0)),
     )
 
 
@@ -223,19 +233,27 @@ def ike_sas(text: str) -> list[IkeSaInfo]:
                 alg[0] += f"_{d['encr-keysize']}"
             alg += [d.get(k, "") for k in ("integ-alg", "prf-alg", "dh-group") if d.get(k)]
             children = d.get("child-sas") or {}
-            sas.append(IkeSaInfo(
-                name=name, uniqueid=d.get("uniqueid", ""), state=d.get("state", ""),
-                spi_i=d.get("initiator-spi", ""), spi_r=d.get("responder-spi", ""),
-                local=f"{d.get('local-host')}[{d.get('local-port')}]",
-                remote=f"{d.get('remote-host')}[{d.get('remote-port')}]",
-                local_id=d.get("local-id", ""), remote_id=d.get("remote-id", ""),
-                initiator=d.get("initiator") == "yes",
-                nat_remote=d.get("nat-remote") == "yes", nat_local=d.get("nat-local") == "yes",
-                nat_fake=d.get("nat-fake") == "yes",
-                algorithms="IKE " + "/".join(alg),
-                local_vips=tuple(d.get("local-vips", ())), remote_vips=tuple(d.get("remote-vips", ())),
-                children=tuple(_child(c) for c in children.values() if isinstance(c, dict)),
-            ))
+            sas.append(
+                IkeSaInfo(
+                    name=name,
+                    uniqueid=d.get("uniqueid", ""),
+                    state=d.get("state", ""),
+                    spi_i=d.get("initiator-spi", ""),
+                    spi_r=d.get("responder-spi", ""),
+                    local=f"{d.get('local-host')}[{d.get('local-port')}]",
+                    remote=f"{d.get('remote-host')}[{d.get('remote-port')}]",
+                    local_id=d.get("local-id", ""),
+                    remote_id=d.get("remote-id", ""),
+                    initiator=d.get("initiator") == "yes",
+                    nat_remote=d.get("nat-remote") == "yes",
+                    nat_local=d.get("nat-local") == "yes",
+                    nat_fake=d.get("nat-fake") == "yes",
+                    algorithms="IKE " + "/".join(alg),
+                    local_vips=tuple(d.get("local-vips", ())),
+                    remote_vips=tuple(d.get("remote-vips", ())),
+                    children=tuple(_child(c) for c in children.values() if isinstance(c, dict)),
+                )
+            )
     return sas
 
 
@@ -245,19 +263,26 @@ def ike_sas(text: str) -> list[IkeSaInfo]:
 class Charon:
     """One charon in `ns`, configured and run from `workdir`; see the module docstring."""
 
-    def __init__(self, ns: Netns, workdir: Path, *, swanctl_conf: str, fragment_size: int = 1280,
-                 install_virtual_ip: bool = True) -> None:
+    def __init__(
+        self, ns: Netns, workdir: Path, *, swanctl_conf: str, fragment_size: int = 1280, install_virtual_ip: bool = True
+    ) -> None:
         self.ns = ns
         self.dir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
         for sub in ("run", "swanctl/x509", "swanctl/x509ca", "swanctl/private"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
-        (workdir / "strongswan.conf").write_text(STRONGSWAN_CONF.format(
-            plugins=PLUGINS, dir=workdir, fragment_size=fragment_size,
-            install_virtual_ip="yes" if install_virtual_ip else "no"))
+        (workdir / "strongswan.conf").write_text(
+            STRONGSWAN_CONF.format(
+                plugins=PLUGINS,
+                dir=workdir,
+                fragment_size=fragment_size,
+                install_virtual_ip="yes" if install_virtual_ip else "no",
+            )
+        )
         (workdir / "swanctl" / "swanctl.conf").write_text(swanctl_conf)
-        self.env = dict(os.environ, STRONGSWAN_CONF=str(workdir / "strongswan.conf"),
-                        SWANCTL_DIR=str(workdir / "swanctl"))
+        self.env = dict(
+            os.environ, STRONGSWAN_CONF=str(workdir / "strongswan.conf"), SWANCTL_DIR=str(workdir / "swanctl")
+        )
 
     # -- credentials (loaded by `swanctl --load-all`)
     def add_cert(self, path: Path) -> None:
@@ -295,11 +320,14 @@ class Charon:
             proc.wait(timeout=5)
 
     def swanctl(self, *args: str, timeout: float = WAIT_S) -> str:
-        r = subprocess.run(["swanctl", *args], env=self.env, capture_output=True, text=True,
-                           timeout=timeout, check=False)
+        r = subprocess.run(
+            ["swanctl", *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if r.returncode != 0:
-            raise AssertionError(f"swanctl {' '.join(args)} exited {r.returncode}: "
-                                 f"{r.stdout[-1500:]}{r.stderr[-1500:]}\n{self.log_tail()}")
+            raise AssertionError(
+                f"swanctl {' '.join(args)} exited {r.returncode}: "
+                f"{r.stdout[-1500:]}{r.stderr[-1500:]}\n{self.log_tail()}"
+            )
         return r.stdout
 
     # -- state
@@ -307,11 +335,11 @@ class Charon:
         return ike_sas(self.swanctl("--list-sas", "--raw"))
 
     def installed_children(self) -> list[ChildSaInfo]:
-        return [c for sa in self.ike_sas() if sa.state == "ESTABLISHED"
-                for c in sa.children if c.state == "INSTALLED"]
+        return [c for sa in self.ike_sas() if sa.state == "ESTABLISHED" for c in sa.children if c.state == "INSTALLED"]
 
     def wait_child(self, *, exclude: tuple[str, ...] = (), timeout: float = WAIT_S) -> ChildSaInfo:
         """The first INSTALLED Child SA whose inbound SPI is not in `exclude`."""
+
         def find() -> ChildSaInfo | None:
             return next((c for c in self.installed_children() if c.spi_in not in exclude), None)
 

@@ -81,8 +81,9 @@ def make_creds(kind: str, d: Path) -> Creds:
     ca = pki.write_ca(d / "ca.pem")
     server_cert, server_key = write_pem(d / "server", *pki.issue(SERVER_ID))
     client_cert, client_key = write_pem(d / "client", *pki.issue(CLIENT_ID))
-    return Creds(kind, ca=ca, server_cert=server_cert, server_key=server_key, client_cert=client_cert,
-                 client_key=client_key)
+    return Creds(
+        kind, ca=ca, server_cert=server_cert, server_key=server_key, client_cert=client_cert, client_key=client_key
+    )
 
 
 # --------------------------------------------------------------------------- strongSwan
@@ -120,13 +121,13 @@ def swanctl_conf(creds: Creds, *, role: str, local_addr: str, remote_addr: str, 
         child = f"remote_ts = {OUR_NET}\nstart_action = none\n"
         tail = ""
     if creds.kind == "psk":
-        tail += (f"secrets {{\n    ike-1 {{\n        id-1 = {CLIENT_ID}\n        id-2 = {SERVER_ID}\n"
-                 f'        secret = "{PSK}"\n    }}\n}}\n')
+        tail += (
+            f"secrets {{\n    ike-1 {{\n        id-1 = {CLIENT_ID}\n        id-2 = {SERVER_ID}\n"
+            f'        secret = "{PSK}"\n    }}\n}}\n'
+        )
     return (
         "connections {\n    vpn {\n        version = 2\n"
-        f"        local_addrs = {local_addr}\n"
-        + _indent(extra, 8)
-        + f"        proposals = {proposals}\n"
+        f"        local_addrs = {local_addr}\n" + _indent(extra, 8) + f"        proposals = {proposals}\n"
         "        fragmentation = yes\n"
         "        rekey_time = 0\n"
         "        dpd_delay = 0\n"
@@ -141,13 +142,11 @@ def swanctl_conf(creds: Creds, *, role: str, local_addr: str, remote_addr: str, 
     )
 
 
-def start_charon(ns: Netns, d: Path, creds: Creds, conf: str, role: str, *,
-                 fragment_size: int = 1280) -> Charon:
+def start_charon(ns: Netns, d: Path, creds: Creds, conf: str, role: str, *, fragment_size: int = 1280) -> Charon:
     charon = Charon(ns, d, swanctl_conf=conf, fragment_size=fragment_size)
     if creds.kind != "psk":
         assert creds.ca is not None
-        cert, key = ((creds.server_cert, creds.server_key) if role == "server"
-                     else (creds.client_cert, creds.client_key))
+        cert, key = (creds.server_cert, creds.server_key) if role == "server" else (creds.client_cert, creds.client_key)
         assert cert is not None and key is not None
         charon.add_ca(creds.ca)
         charon.add_cert(cert)
@@ -166,7 +165,8 @@ def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
     else:
         auth = f'cert = "{creds.client_cert}"\nkey = "{creds.client_key}"\nca = "{creds.ca}"'
     cfg = d / "client.toml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(
+        textwrap.dedent(f"""\
         name = "swc"
         mode = "ike"
         [transport]
@@ -181,7 +181,10 @@ def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
         remote_identity = "{SERVER_ID}"
         rekey = {rekey}
         dpd = 0
-        """) + auth + "\n")
+        """)
+        + auth
+        + "\n"
+    )
     return cfg
 
 
@@ -193,7 +196,8 @@ def our_server_conf(d: Path, creds: Creds) -> Path:
         auth = f'cert = "{creds.server_cert}"\nkey = "{creds.server_key}"\nca = "{creds.ca}"'
         clients = ""
     cfg = d / "server.toml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(
+        textwrap.dedent(f"""\
         name = "sws"
         mode = "ike"
         [tunnel]
@@ -206,7 +210,11 @@ def our_server_conf(d: Path, creds: Creds) -> Path:
         dns = ["{OUR_DNS}"]
         subnets = ["{OUR_NET}"]
         dpd = 0
-        """) + auth + "\n" + clients)
+        """)
+        + auth
+        + "\n"
+        + clients
+    )
     return cfg
 
 
@@ -218,10 +226,10 @@ class OurServer:
         self.log = run_dir.parent / "serve.log"
         run_dir.mkdir(exist_ok=True)
         with open(self.log, "wb") as fh:
-            self.proc = ns.popen(["env", f"VPN_RUN_DIR={run_dir}", *VPN, "serve", str(cfg)],
-                                 stdout=fh, stderr=subprocess.STDOUT)
-        wait_for(lambda: b"sws: serving" in self.log.read_bytes() or self.proc.poll() is not None,
-                 "vpn serve to start")
+            self.proc = ns.popen(
+                ["env", f"VPN_RUN_DIR={run_dir}", *VPN, "serve", str(cfg)], stdout=fh, stderr=subprocess.STDOUT
+            )
+        wait_for(lambda: b"sws: serving" in self.log.read_bytes() or self.proc.poll() is not None, "vpn serve to start")
         assert self.proc.poll() is None, f"vpn serve exited:\n{self.log_tail()}"
 
     def status(self) -> dict[str, Any]:
@@ -277,6 +285,7 @@ def diagnostics(*sources: Any) -> Iterator[None]:
         tails = "\n".join(s.log_tail() for s in sources if s is not None)
         raise AssertionError(f"{exc}\n{tails}") from exc
 
+
 # --------------------------------------------------------------------------- the cases
 
 
@@ -310,17 +319,18 @@ class Case:
 
 
 @contextlib.contextmanager
-def swan_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "default",
-                rekey: int = 3600) -> Iterator[Case]:
+def swan_server(
+    topo: Topology, tmp: Path, kind: str, *, proposals: str = "default", rekey: int = 3600
+) -> Iterator[Case]:
     """A strongSwan remote-access server (pool, its own address on lo inside its TS) and
     our client, up."""
     creds = make_creds(kind, tmp / "creds")
     topo.server.ip("addr", "add", f"{SWAN_INNER}/32", "dev", "lo")
-    conf = swanctl_conf(creds, role="server", local_addr=topo.server_v4, remote_addr="%any",
-                        proposals=proposals)
+    conf = swanctl_conf(creds, role="server", local_addr=topo.server_v4, remote_addr="%any", proposals=proposals)
     charon = start_charon(topo.server, tmp / "swan", creds, conf, "server")
-    client = VpnSide(topo.client, "client", "swc", our_client_conf(tmp, creds, topo.server_v4, rekey=rekey),
-                     tmp / "run-client")
+    client = VpnSide(
+        topo.client, "client", "swc", our_client_conf(tmp, creds, topo.server_v4, rekey=rekey), tmp / "run-client"
+    )
     try:
         with diagnostics(charon, client):
             client.up()
@@ -338,8 +348,9 @@ def our_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "defaul
     server = OurServer(topo.server, our_server_conf(tmp, creds), tmp / "run-server")
     charon = None
     try:
-        conf = swanctl_conf(creds, role="client", local_addr=topo.client_v4, remote_addr=topo.server_v4,
-                            proposals=proposals)
+        conf = swanctl_conf(
+            creds, role="client", local_addr=topo.client_v4, remote_addr=topo.server_v4, proposals=proposals
+        )
         charon = start_charon(topo.client, tmp / "swan", creds, conf, "client")
         with diagnostics(charon, server):
             charon.swanctl("--initiate", "--child", "net", "--timeout", "20", timeout=30)
@@ -387,6 +398,7 @@ def check_counts(case: Case, child: ChildSaInfo, *, exact: bool) -> None:
 
 def wait_rekeyed(case: Case, old: ChildSaInfo, timeout: float = strongswan.WAIT_S) -> ChildSaInfo:
     """The new Child SA is the only one left on both ends; traffic flows on it."""
+
     def settled() -> ChildSaInfo | None:
         children = [c for c in case.ike_sa().children if c.state == "INSTALLED"]
         if len(children) != 1 or children[0].spi_in == old.spi_in:
@@ -521,7 +533,8 @@ def test_our_server_keeps_the_path_on_a_forged_message(topology: Topology, tmp_p
 def report(kind: str, what: str, case: Case) -> None:
     """What was negotiated, from charon's point of view (shown with `pytest -s`)."""
     sa = case.ike_sa()
-    auth = sorted({m.group(1) for m in re.finditer(r"authentication of '[^']+' with (.+?) successful",
-                                                     case.charon.log())})
-    frags = ("fragmented" if "reassembled fragmented IKE message" in case.charon.log() else "")
+    auth = sorted(
+        {m.group(1) for m in re.finditer(r"authentication of '[^']+' with (.+?) successful", case.charon.log())}
+    )
+    frags = "fragmented" if "reassembled fragmented IKE message" in case.charon.log() else ""
     print(f"\n[{kind}] {what}: {sa.algorithms}, {case.child().algorithms}, auth {auth} {frags}")

@@ -778,10 +778,9 @@ class IkeSession:
         sees us behind a NAT. Without these notifies a peer assumes no NAT-T support and
         never encapsulates ESP (strongSwan's kernel-libipsec then cannot install it)."""
         dst = self._natd(spi_i, spi_r, self._remote)
+        src: bytes | None = self._natd(spi_i, spi_r, self._local)
         if self.policy.force_udp_encapsulation:
             src = self._rng(NATD_HASH_BYTES)
-        else:
-            src = self._natd(spi_i, spi_r, self._local)
         if src is None or dst is None:
             return []
         return [
