@@ -54,6 +54,7 @@ charon {{
     retransmit_tries = 3
     retransmit_timeout = 1.0
     fragment_size = {fragment_size}
+    rsa_pss = {rsa_pss}
     send_vendor_id = no
     plugins {{
         vici {{
@@ -264,7 +265,14 @@ class Charon:
     """One charon in `ns`, configured and run from `workdir`; see the module docstring."""
 
     def __init__(
-        self, ns: Netns, workdir: Path, *, swanctl_conf: str, fragment_size: int = 1280, install_virtual_ip: bool = True
+        self,
+        ns: Netns,
+        workdir: Path,
+        *,
+        swanctl_conf: str,
+        fragment_size: int = 1280,
+        rsa_pss: bool = False,
+        install_virtual_ip: bool = True,
     ) -> None:
         self.ns = ns
         self.dir = workdir
@@ -276,6 +284,7 @@ class Charon:
                 plugins=PLUGINS,
                 dir=workdir,
                 fragment_size=fragment_size,
+                rsa_pss="yes" if rsa_pss else "no",
                 install_virtual_ip="yes" if install_virtual_ip else "no",
             )
         )

@@ -2,19 +2,23 @@
 
 client <-> router <-> server (tests/integration/netns.py):
 
-- our client (`vpn up`, mode = "ike", udp) against a strongSwan server: it asks for a
-  virtual IP (configuration payload) and strongSwan leases one from its pool;
+- our client (`vpn up`, mode = "ike", udp) against a strongSwan remote-access server:
+  it asks for a virtual IP (configuration payload) and gets one from charon's pool;
 - a strongSwan client (vips = 0.0.0.0) against our server (`vpn serve`);
 
-each with a PSK, ECDSA certificates and RSA certificates (an RSA IKE_AUTH does not fit
-one datagram: IKE fragmentation, RFC 7383). Every case pings both ways and moves a small
-byte-exact TCP transfer each way through the tunnel; the PSK cases also rekey the Child
-SA (strongSwan's `swanctl --rekey --child`, and in one case our side's own rekey) and
-check that traffic flows on the new SPIs.
+each with a PSK, ECDSA certificates, RSA certificates and RSA with charon signing
+RSASSA-PSS (an RSA IKE_AUTH does not fit one datagram: IKE fragmentation, RFC 7383, is
+checked both ways), and with charon's IKE proposals varied (its defaults, AES-GCM with
+ECP_384, AES-CBC with MODP_2048: our client's first KE is refused and retried). Every
+case pings both ways, moves a byte-exact TCP transfer each way, then strongSwan rekeys
+the Child SA and the IKE SA and traffic must flow on the new SPIs with equal packet
+counts at both ends. Our client's own Child SA rekey (its shortest rekey time, 60 s)
+runs under a ping. A forged message must not move our server's return path.
 
-strongSwan side: kernel-libipsec only does ESP in UDP, so charon fakes NAT detection and
-moves to port 4500 (our side does the same); it has no ESN; the ESP proposals are
-AES-GCM-16 only since our dataplane needs it.
+strongSwan side: kernel-libipsec only does ESP in UDP, so a charon fakes NAT detection
+(so does our side) and everything after IKE_SA_INIT travels on port 4500; it has no ESN;
+its ESP proposals are AES-GCM-16 only since our dataplane needs it. `pytest -s` prints
+what each case negotiated.
 """
 
 from __future__ import annotations
@@ -54,14 +58,63 @@ OUR_NET, OUR_INNER, OUR_DNS = "10.66.0.0/24", "10.66.0.1", "10.66.0.53"
 
 TRANSFER_BYTES = 3 << 20
 OUR_REKEY_WAIT_S = 75.0  # our client's shortest Child SA rekey time is 60 s
-UP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One authentication setup, and what charon must report for it."""
+
+    name: str
+    pki: str | None  # key type of the test PKI ("ecdsa", "rsa"); None: PSK
+    proposals: str  # charon's IKE proposals
+    peer_auth: str  # how charon names the method it verified our AUTH with
+    own_auth: str  # ... and the one it signed with
+    rsa_pss: bool = False  # charon signs with RSASSA-PSS
+    fragmented: bool = False  # IKE_AUTH in RFC 7383 fragments, both ways
+    ke_retry: str | None = None  # charon as server refuses our first KE, asks for this group
+
+
+KINDS = {
+    k.name: k
+    for k in (
+        Kind("psk", None, "default", "pre-shared key", "pre-shared key"),
+        # ECP_384 only: our first KE (Curve25519) gets INVALID_KE_PAYLOAD, we retry
+        Kind(
+            "ecdsa",
+            "ecdsa",
+            "aes256gcm16-prfsha384-ecp384",
+            "ECDSA_WITH_SHA256_DER",
+            "ECDSA_WITH_SHA256_DER",
+            ke_retry="ECP_384",
+        ),
+        # AES-CBC + HMAC, MODP_2048 (INVALID_KE again); RSA IKE_AUTH needs fragments
+        Kind(
+            "rsa",
+            "rsa",
+            "aes256-sha256-modp2048",
+            "RSA_EMSA_PKCS1_SHA2_256",
+            "RSA_EMSA_PKCS1_SHA2_256",
+            fragmented=True,
+            ke_retry="MODP_2048",
+        ),
+        Kind(
+            "rsa-pss",
+            "rsa",
+            "default",
+            "RSA_EMSA_PKCS1_SHA2_256",
+            "RSA_EMSA_PSS_SHA2_256",
+            rsa_pss=True,
+            fragmented=True,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
 class Creds:
     """Both sides' credentials for one case, as files in the test directory."""
 
-    kind: str  # psk | ecdsa | rsa
+    kind: Kind
     psk: Path | None = None
     ca: Path | None = None
     server_cert: Path | None = None
@@ -70,14 +123,14 @@ class Creds:
     client_key: Path | None = None
 
 
-def make_creds(kind: str, d: Path) -> Creds:
+def make_creds(kind: Kind, d: Path) -> Creds:
     d.mkdir(mode=0o700, exist_ok=True)
-    if kind == "psk":
+    if kind.pki is None:
         psk = d / "client.psk"
         psk.write_text(PSK + "\n")
         psk.chmod(0o600)
         return Creds(kind, psk=psk)
-    pki = Pki.create(kind)
+    pki = Pki.create(kind.pki)
     ca = pki.write_ca(d / "ca.pem")
     server_cert, server_key = write_pem(d / "server", *pki.issue(SERVER_ID))
     client_cert, client_key = write_pem(d / "client", *pki.issue(CLIENT_ID))
@@ -90,8 +143,8 @@ def make_creds(kind: str, d: Path) -> Creds:
 
 
 def swan_auth(creds: Creds, role: str, local_id: str, remote_id: str) -> tuple[str, str]:
-    """The local/remote auth sections and secrets of a swanctl connection."""
-    if creds.kind == "psk":
+    """The local and remote auth sections of a swanctl connection."""
+    if creds.psk is not None:
         local = f"auth = psk\nid = {local_id}"
         remote = f"auth = psk\nid = {remote_id}"
     else:
@@ -107,7 +160,7 @@ def _indent(text: str, n: int) -> str:
     return textwrap.indent(text, " " * n)
 
 
-def swanctl_conf(creds: Creds, *, role: str, local_addr: str, remote_addr: str, proposals: str) -> str:
+def swanctl_conf(creds: Creds, *, role: str, local_addr: str, remote_addr: str) -> str:
     """A remote-access server (pool, FAILED_CP_REQUIRED to clients without a CP request)
     or a client asking for a virtual IP."""
     if role == "server":
@@ -120,14 +173,14 @@ def swanctl_conf(creds: Creds, *, role: str, local_addr: str, remote_addr: str, 
         extra = f"remote_addrs = {remote_addr}\nvips = 0.0.0.0\n"
         child = f"remote_ts = {OUR_NET}\nstart_action = none\n"
         tail = ""
-    if creds.kind == "psk":
+    if creds.psk is not None:
         tail += (
             f"secrets {{\n    ike-1 {{\n        id-1 = {CLIENT_ID}\n        id-2 = {SERVER_ID}\n"
             f'        secret = "{PSK}"\n    }}\n}}\n'
         )
     return (
         "connections {\n    vpn {\n        version = 2\n"
-        f"        local_addrs = {local_addr}\n" + _indent(extra, 8) + f"        proposals = {proposals}\n"
+        f"        local_addrs = {local_addr}\n" + _indent(extra, 8) + f"        proposals = {creds.kind.proposals}\n"
         "        fragmentation = yes\n"
         "        rekey_time = 0\n"
         "        dpd_delay = 0\n"
@@ -142,9 +195,9 @@ def swanctl_conf(creds: Creds, *, role: str, local_addr: str, remote_addr: str, 
     )
 
 
-def start_charon(ns: Netns, d: Path, creds: Creds, conf: str, role: str, *, fragment_size: int = 1280) -> Charon:
-    charon = Charon(ns, d, swanctl_conf=conf, fragment_size=fragment_size)
-    if creds.kind != "psk":
+def start_charon(ns: Netns, d: Path, creds: Creds, conf: str, role: str) -> Charon:
+    charon = Charon(ns, d, swanctl_conf=conf, rsa_pss=creds.kind.rsa_pss)
+    if creds.psk is None:
         assert creds.ca is not None
         cert, key = (creds.server_cert, creds.server_key) if role == "server" else (creds.client_cert, creds.client_key)
         assert cert is not None and key is not None
@@ -160,7 +213,7 @@ def start_charon(ns: Netns, d: Path, creds: Creds, conf: str, role: str, *, frag
 
 
 def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
-    if creds.kind == "psk":
+    if creds.psk is not None:
         auth = f'psk_file = "{creds.psk}"'
     else:
         auth = f'cert = "{creds.client_cert}"\nkey = "{creds.client_key}"\nca = "{creds.ca}"'
@@ -189,7 +242,7 @@ def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
 
 
 def our_server_conf(d: Path, creds: Creds) -> Path:
-    if creds.kind == "psk":
+    if creds.psk is not None:
         auth = f'psk_file = "{creds.psk}"'
         clients = f'[[client]]\nidentity = "{CLIENT_ID}"\npsk_file = "{creds.psk}"\n'
     else:
@@ -319,14 +372,12 @@ class Case:
 
 
 @contextlib.contextmanager
-def swan_server(
-    topo: Topology, tmp: Path, kind: str, *, proposals: str = "default", rekey: int = 3600
-) -> Iterator[Case]:
+def swan_server(topo: Topology, tmp: Path, kind: Kind, *, rekey: int = 3600) -> Iterator[Case]:
     """A strongSwan remote-access server (pool, its own address on lo inside its TS) and
     our client, up."""
     creds = make_creds(kind, tmp / "creds")
     topo.server.ip("addr", "add", f"{SWAN_INNER}/32", "dev", "lo")
-    conf = swanctl_conf(creds, role="server", local_addr=topo.server_v4, remote_addr="%any", proposals=proposals)
+    conf = swanctl_conf(creds, role="server", local_addr=topo.server_v4, remote_addr="%any")
     charon = start_charon(topo.server, tmp / "swan", creds, conf, "server")
     client = VpnSide(
         topo.client, "client", "swc", our_client_conf(tmp, creds, topo.server_v4, rekey=rekey), tmp / "run-client"
@@ -342,15 +393,13 @@ def swan_server(
 
 
 @contextlib.contextmanager
-def our_server(topo: Topology, tmp: Path, kind: str, *, proposals: str = "default") -> Iterator[Case]:
+def our_server(topo: Topology, tmp: Path, kind: Kind) -> Iterator[Case]:
     """Our server and a strongSwan client (vips = 0.0.0.0), up."""
     creds = make_creds(kind, tmp / "creds")
     server = OurServer(topo.server, our_server_conf(tmp, creds), tmp / "run-server")
     charon = None
     try:
-        conf = swanctl_conf(
-            creds, role="client", local_addr=topo.client_v4, remote_addr=topo.server_v4, proposals=proposals
-        )
+        conf = swanctl_conf(creds, role="client", local_addr=topo.client_v4, remote_addr=topo.server_v4)
         charon = start_charon(topo.client, tmp / "swan", creds, conf, "client")
         with diagnostics(charon, server):
             charon.swanctl("--initiate", "--child", "net", "--timeout", "20", timeout=30)
@@ -438,18 +487,37 @@ def rekey_ike(case: Case) -> None:
     check_counts(case, child, exact=True)
 
 
-KINDS = ["psk", "ecdsa", "rsa"]
+def check_auth(case: Case, kind: Kind, our_id: str) -> str:
+    """charon verified our AUTH, and signed its own, with the expected methods; RSA
+    IKE_AUTH messages went in fragments both ways. Returns a summary for the report."""
+    log = case.charon.log()
+    peer = f"authentication of '{our_id}' with {kind.peer_auth} successful"
+    own = f"(myself) with {kind.own_auth}"  # PSK: no "successful" on this line
+    assert peer in log and own in log, f"expected in charon's log: {peer!r} and {own!r}"
+    if kind.fragmented:
+        assert "reassembled fragmented IKE message" in log, "our IKE_AUTH was not fragmented"
+        assert "splitting IKE message" in log, "charon's IKE_AUTH was not fragmented"
+    sa, child = case.ike_sa(), case.child()
+    frags = ", IKE_AUTH fragmented both ways" if kind.fragmented else ""
+    return f"{sa.algorithms}, {child.algorithms}, charon verified {kind.peer_auth}, signed {kind.own_auth}{frags}"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_our_client_strongswan_server(topology: Topology, tmp_path: Path, kind: str) -> None:
+def rekeys(case: Case, child: ChildSaInfo) -> None:
+    """strongSwan rekeys the Child SA, then the IKE SA; traffic on the new SAs."""
+    case.charon.swanctl("--rekey", "--child", "net")
+    wait_rekeyed(case, child)
+    rekey_ike(case)
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_our_client_strongswan_server(topology: Topology, tmp_path: Path, kind: Kind) -> None:
     with swan_server(topology, tmp_path, kind) as case, case.log_tails():
         sa = case.ike_sa()
         assert sa.remote_id == CLIENT_ID and sa.local_id == SERVER_ID
         assert sa.remote_vips == (case.our_addr,)  # leased from strongSwan's pool by CP
-        assert case.our_addr in {str(a) for a in ipaddress.ip_network(SWAN_POOL)}
-        assert sa.nat_remote and sa.remote.endswith("]") and not sa.remote.endswith("[500]")
-        assert sa.local.endswith("[4500]")  # everything after IKE_SA_INIT on 4500
+        assert ipaddress.ip_address(case.our_addr) in ipaddress.ip_network(SWAN_POOL)
+        # our faked NAT-D: charon sees us behind a NAT; all IKE after IKE_SA_INIT on 4500
+        assert sa.nat_remote and sa.local.endswith("[4500]") and not sa.remote.endswith("[500]")
         st = case.our_status()
         assert st["dns"] == [SWAN_DNS]  # INTERNAL_IP4_DNS from the pool
         # no IPv6 link-local on our TUN: nothing outside the selectors enters the tunnel
@@ -457,39 +525,39 @@ def test_our_client_strongswan_server(topology: Topology, tmp_path: Path, kind: 
         assert "fe80" not in addrs, addrs
         child = check_child(case)
         assert child.local_ts == (SWAN_NET,) and child.remote_ts == (f"{case.our_addr}/32",)
+        summary = check_auth(case, kind, CLIENT_ID)
+        if kind.ke_retry:  # RFC 7296 §1.2: INVALID_KE_PAYLOAD, our client retried with that group
+            assert f"DH group CURVE_25519 unacceptable, requesting {kind.ke_retry}" in case.charon.log()
+            assert sa.algorithms.endswith(kind.ke_retry), sa.algorithms
         check_traffic(case)
         check_counts(case, child, exact=False)
-        case.charon.swanctl("--rekey", "--child", "net")
-        wait_rekeyed(case, child)
-        if kind == "psk":
-            rekey_ike(case)
-        report(kind, "our client -> strongSwan server", case)
+        rekeys(case, child)
+        print(f"\n[{kind.name}] our client -> strongSwan server: {summary}")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_strongswan_client_our_server(topology: Topology, tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_strongswan_client_our_server(topology: Topology, tmp_path: Path, kind: Kind) -> None:
     with our_server(topology, tmp_path, kind) as case, case.log_tails():
         sa = case.ike_sa()
         assert sa.local_id == CLIENT_ID and sa.remote_id == SERVER_ID
-        assert case.swan_addr in {str(a) for a in ipaddress.ip_network(OUR_NET)}
+        assert ipaddress.ip_address(case.swan_addr) in ipaddress.ip_network(OUR_NET)
+        # our responder's faked NAT-D moved charon to 4500 (kernel-libipsec needs it)
         assert sa.nat_remote and sa.remote.endswith("[4500]")
         (client,) = case.our_status()["clients"]
         assert client["identity"] == CLIENT_ID and client["virtual_ip"] == [case.swan_addr]
         child = check_child(case)
         assert child.local_ts == (f"{case.swan_addr}/32",) and child.remote_ts == (OUR_NET,)
+        summary = check_auth(case, kind, SERVER_ID)
         check_traffic(case)
         check_counts(case, child, exact=False)
-        case.charon.swanctl("--rekey", "--child", "net")
-        wait_rekeyed(case, child)
-        if kind == "psk":
-            rekey_ike(case)
-        report(kind, "strongSwan client -> our server", case)
+        rekeys(case, child)
+        print(f"\n[{kind.name}] strongSwan client -> our server: {summary}")
 
 
 def test_our_client_rekeys_the_child_sa(topology: Topology, tmp_path: Path) -> None:
     """Our client's own Child SA rekey (`rekey = 60`: at 54..60 s, RFC 7296 §2.8.1
     jitter) with strongSwan as responder; a ping runs across it without a loss."""
-    with swan_server(topology, tmp_path, "psk", rekey=60) as case, case.log_tails():
+    with swan_server(topology, tmp_path, KINDS["psk"], rekey=60) as case, case.log_tails():
         child = check_child(case)
         argv = ["ping", "-4", "-n", "-i", "0.5", "-W", "2", case.swan_addr]
         pinger = case.our_ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -519,7 +587,7 @@ def test_our_server_keeps_the_path_on_a_forged_message(topology: Topology, tmp_p
     """An INFORMATIONAL with the client's IKE SPIs but no valid ICV, from another
     address, does not move the client's return path (RFC 7296 §2.23: only an
     authenticated message does); the tunnel keeps working."""
-    with our_server(topology, tmp_path, "psk") as case, case.log_tails():
+    with our_server(topology, tmp_path, KINDS["psk"]) as case, case.log_tails():
         sa = case.ike_sa()
         before = case.our_status()["clients"][0]["remote"]
         assert before == f"{topology.client_v4}:4500"
@@ -528,13 +596,3 @@ def test_our_server_keeps_the_path_on_a_forged_message(topology: Topology, tmp_p
         (client,) = case.our_status()["clients"]
         assert client["remote"] == before and client["state"] == "established", client
         check_traffic(case, transfers=False)
-
-
-def report(kind: str, what: str, case: Case) -> None:
-    """What was negotiated, from charon's point of view (shown with `pytest -s`)."""
-    sa = case.ike_sa()
-    auth = sorted(
-        {m.group(1) for m in re.finditer(r"authentication of '[^']+' with (.+?) successful", case.charon.log())}
-    )
-    frags = "fragmented" if "reassembled fragmented IKE message" in case.charon.log() else ""
-    print(f"\n[{kind}] {what}: {sa.algorithms}, {case.child().algorithms}, auth {auth} {frags}")
