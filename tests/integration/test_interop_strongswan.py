@@ -212,11 +212,15 @@ def start_charon(ns: Netns, d: Path, creds: Creds, conf: str, role: str) -> Char
 # --------------------------------------------------------------------------- our side
 
 
-def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
+def our_auth(creds: Creds, role: str) -> str:
+    """The credential keys of our [ike] or [server] table (vpn/config.py)."""
     if creds.psk is not None:
-        auth = f'psk_file = "{creds.psk}"'
-    else:
-        auth = f'cert = "{creds.client_cert}"\nkey = "{creds.client_key}"\nca = "{creds.ca}"'
+        return f'psk_file = "{creds.psk}"\n'
+    cert, key = (creds.client_cert, creds.client_key) if role == "client" else (creds.server_cert, creds.server_key)
+    return f'cert = "{cert}"\nkey = "{key}"\nca = "{creds.ca}"\n'
+
+
+def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
     cfg = d / "client.toml"
     cfg.write_text(
         textwrap.dedent(f"""\
@@ -235,19 +239,14 @@ def our_client_conf(d: Path, creds: Creds, server: str, *, rekey: int) -> Path:
         rekey = {rekey}
         dpd = 0
         """)
-        + auth
-        + "\n"
+        + our_auth(creds, "client")
     )
     return cfg
 
 
 def our_server_conf(d: Path, creds: Creds) -> Path:
-    if creds.psk is not None:
-        auth = f'psk_file = "{creds.psk}"'
-        clients = f'[[client]]\nidentity = "{CLIENT_ID}"\npsk_file = "{creds.psk}"\n'
-    else:
-        auth = f'cert = "{creds.server_cert}"\nkey = "{creds.server_key}"\nca = "{creds.ca}"'
-        clients = ""
+    # certificate clients need no [[client]] entry: the CA vouches for them
+    clients = f'[[client]]\nidentity = "{CLIENT_ID}"\npsk_file = "{creds.psk}"\n' if creds.psk else ""
     cfg = d / "server.toml"
     cfg.write_text(
         textwrap.dedent(f"""\
@@ -264,8 +263,7 @@ def our_server_conf(d: Path, creds: Creds) -> Path:
         subnets = ["{OUR_NET}"]
         dpd = 0
         """)
-        + auth
-        + "\n"
+        + our_auth(creds, "server")
         + clients
     )
     return cfg
