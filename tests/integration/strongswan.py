@@ -1,7 +1,7 @@
 """strongSwan's charon as a test peer inside a namespace of tests/integration/netns.py.
 
     charon = Charon(topo.server, tmp_path / "swan", swanctl_conf=text)
-    charon.add_cert("server.pem"); charon.add_key("server.key"); charon.add_ca("ca.pem")
+    charon.add_cert(d / "server.pem"); charon.add_key(d / "server.key"); charon.add_ca(d / "ca.pem")
     charon.start()                      # own STRONGSWAN_CONF, vici socket and /run
     charon.swanctl("--load-all")
     charon.wait_child()                 # -> ChildSaInfo of the first installed Child SA
@@ -50,7 +50,7 @@ charon {{
     load_modular = no
     load = {plugins}
     install_routes = yes
-    install_virtual_ip = {install_virtual_ip}
+    install_virtual_ip = yes
     retransmit_tries = 3
     retransmit_timeout = 1.0
     fragment_size = {fragment_size}
@@ -272,7 +272,6 @@ class Charon:
         swanctl_conf: str,
         fragment_size: int = 1280,
         rsa_pss: bool = False,
-        install_virtual_ip: bool = True,
     ) -> None:
         self.ns = ns
         self.dir = workdir
@@ -285,7 +284,6 @@ class Charon:
                 dir=workdir,
                 fragment_size=fragment_size,
                 rsa_pss="yes" if rsa_pss else "no",
-                install_virtual_ip="yes" if install_virtual_ip else "no",
             )
         )
         (workdir / "swanctl" / "swanctl.conf").write_text(swanctl_conf)
@@ -308,13 +306,14 @@ class Charon:
         """charon in its own mount namespace with `workdir/run` as /run."""
         script = f'mount --bind "{self.dir}/run" /run && exec {CHARON}'
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
-        self.proc = self.ns.popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = self.dir / "stderr.log"  # a file, not a pipe nobody drains
+        with open(stderr, "wb") as err:
+            self.proc = proc = self.ns.popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=err)
         vici = self.dir / "charon.vici"
-        proc = self.proc
         wait_for(lambda: vici.exists() or proc.poll() is not None, "charon to start")
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"charon exited with {proc.returncode}: {err}\n{self.log_tail()}")
+            text = stderr.read_text(errors="replace")
+            raise RuntimeError(f"charon exited with {proc.returncode}: {text}\n{self.log_tail()}")
 
     def stop(self) -> None:
         """SIGTERM (charon deletes its SAs), SIGKILL if it lingers. Idempotent."""
