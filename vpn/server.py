@@ -64,6 +64,7 @@ class ClientState:
     udp_local_port: int = NATT_PORT  # UDP: answer from the port the client used (500/4500)
     in_packets: int = 0
     rekeying: set[bytes] = field(default_factory=set)
+    dropped_seen: int = 0  # the session's drop count after the last message it received
 
     @property
     def session(self) -> IkeSession:
@@ -178,10 +179,14 @@ class IkeServer(TunnelHost):
             client.udp_local_port = local_port
         if via is None:
             client.udp_local_port = local_port
-        dropped_before = s.dropped
-        client.endpoint.pump()
-        if s.established and s.dropped == dropped_before and not d.created:
+        # The message was processed by responder.receive(): it authenticated unless the
+        # session counted a drop since the last one. Move the return path first, so the
+        # events it caused (a Child SA: ESP to the port IKE_AUTH came from) use it.
+        authentic = s.dropped == client.dropped_seen
+        client.dropped_seen = s.dropped
+        if authentic and s.established and not d.created:
             self._authenticated_on(client, via, remote)
+        client.endpoint.pump()
 
     def _new_client(self, s: IkeSession, via: StreamLink | None, remote: tuple[str, int],
                     local_port: int) -> ClientState:
