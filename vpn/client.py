@@ -138,7 +138,8 @@ class IkeClient(TunnelHost):
         self.setup_error: str | None = None  # routes or DNS could not be set up
         self.ike_up = False
         self.addresses: list[str] = []
-        self.dns_servers: list[str] = []
+        self.dns_servers: list[str] = []  # applied to this machine
+        self.dns_pushed: list[str] = []  # what the server offered (INTERNAL_IP4/6_DNS)
         self.dns: dns.DnsConfig | None = None
         self.dns_refused: str | None = None  # why DNS cannot be changed here
         self.kill_switch: KillSwitch | None = None
@@ -511,6 +512,7 @@ class IkeClient(TunnelHost):
                                     prefixlen=int(plen))
             self.addresses.remove(addr)
         servers = [str(d) for d in e.dns]
+        self.dns_pushed = servers
         self.event("virtual address " + ", ".join(wanted) + (f", DNS {', '.join(servers)}" if servers else ""))
         if not self.routes_done:
             await self.netconf_call(self._install_routes, list(e.subnets))
@@ -579,6 +581,7 @@ class IkeClient(TunnelHost):
             "fallback_reason": self.fallback_reason,
             "virtual_ip": self.addresses,
             "dns": self.dns_servers,
+            "dns_pushed": self.dns_pushed,
             "dns_method": self.dns.method if self.dns is not None and self.dns_servers else None,
             "full_tunnel": self.net.full_tunnel,
             "kill_switch": None if self.kill_switch is None else {

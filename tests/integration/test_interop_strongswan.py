@@ -517,7 +517,7 @@ def test_our_client_strongswan_server(topology: Topology, tmp_path: Path, kind: 
         # our faked NAT-D: charon sees us behind a NAT; all IKE after IKE_SA_INIT on 4500
         assert sa.nat_remote and sa.local.endswith("[4500]") and not sa.remote.endswith("[500]")
         st = case.our_status()
-        assert st["dns"] == [SWAN_DNS]  # INTERNAL_IP4_DNS from the pool
+        assert st["dns_pushed"] == [SWAN_DNS]  # INTERNAL_IP4_DNS from the pool (dns = false: not applied)
         # no IPv6 link-local on our TUN: nothing outside the selectors enters the tunnel
         addrs = case.our_ns.run(["ip", "-6", "addr", "show", "dev", st["device"]]).stdout.decode()
         assert "fe80" not in addrs, addrs
