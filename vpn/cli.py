@@ -202,6 +202,15 @@ def format_status(name: str, st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_moves(moves: Any) -> list[str]:
+    """MOBIKE moves, one line each (RFC 4555; RFC 9329 §7.1)."""
+    out = []
+    for m in moves or []:
+        out.append(f"  moved {m.get('time')}: {str(m.get('from')).upper()} -> {str(m.get('to')).upper()} "
+                   f"({m.get('reason')})")
+    return out
+
+
 def _format_client(st: dict[str, Any]) -> list[str]:
     """The IKE client's status: where, how, which SAs, when they rekey, liveness."""
     transport = str(st.get("transport", "?")).upper()
@@ -211,6 +220,8 @@ def _format_client(st: dict[str, Any]) -> list[str]:
         transport += " (auto)"
     if st.get("connected") is False:
         transport += ", connection lost: reconnecting"
+    if st.get("probing_udp"):
+        transport += ", probing UDP"
     lines = [f"  server: {st.get('server')} at {st.get('server_address')} over {transport}",
              f"  device: {st.get('device')}, mtu {st.get('mtu')}, up {_duration(st.get('uptime_s'))}",
              f"  virtual IP: {', '.join(st.get('virtual_ip') or []) or '-'}"
@@ -251,6 +262,7 @@ def _format_client(st: dict[str, Any]) -> list[str]:
         lines.append(f"    traffic: {', '.join(c['ts_local'])} <-> {', '.join(c['ts_remote'])}")
     for event in st.get("events") or []:
         lines.append(f"  event: {event}")
+    lines += _format_moves(st.get("moves"))
     return lines
 
 

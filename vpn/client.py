@@ -60,6 +60,7 @@ NATT_PORT = 4500
 RETRANSMIT_FIRST_S = 4.0  # RFC 7296 §2.4 / strongSwan: 4 s, then x1.8 per resend
 RETRANSMIT_BASE = 1.8
 MAX_RESENDS = 20
+STABLE_LINK_S = 5.0  # a connection that died sooner than this is retried only after a backoff
 DPD_KIND = TaskKind.DPD.value
 
 
@@ -156,13 +157,26 @@ class IkeClient(TunnelHost):
         self._rekeying: set[bytes] = set()
         self._in_packets = 0
         self._session_done: asyncio.Future[None] | None = None
+        # MOBIKE (RFC 4555, RFC 9329 §7.1): where IKE goes may differ from where ESP goes
+        # while UDP is being probed; every move is recorded for `vpn status`
+        self._ike_path: str | None = None
+        self._local_ip: str | None = None
+        self._update_pending = False  # an UPDATE_SA_ADDRESSES for a new local address
+        self._probing = False  # an UPDATE_SA_ADDRESSES sent over UDP while ESP stays on TCP
+        self._move_token = 0
+        self.moves: list[dict[str, Any]] = []
+        self._pending_move: tuple[str, str, str] | None = None
+        self._reconnect_backoff = Backoff()
+        self._last_reconnect = 0.0
         self.tls_session: ssl.SSLSession | None = None
         tls = cfg.transport.tls
         self.tls_settings = TlsClientSettings(
             server_name=tls.server_name if tls else cfg.transport.remote,
             cafile=str(tls.cafile) if tls and tls.cafile else None,
             pin_sha256=tls.pin_sha256 if tls else None)
-        self.tls_context = client_context(self.tls_settings) if cfg.transport.protocol in ("tls", "auto") else None
+        wants_tls = cfg.transport.protocol == "tls" or (cfg.transport.protocol in ("auto", "udp")
+                                                         and cfg.ike.fallback == "tls")
+        self.tls_context = client_context(self.tls_settings) if wants_tls else None
 
     # -- bring-up ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -272,9 +286,10 @@ class IkeClient(TunnelHost):
         self.endpoint.command(session.initiate)
 
     # -- UDP --------------------------------------------------------------------------
-    async def _start_udp(self) -> None:
-        v6 = ":" in self.server_addr
-        family = socket.AF_INET6 if v6 else socket.AF_INET
+    def _udp_sockets(self) -> tuple[socket.socket, UdpLink]:
+        """Our UDP sockets: port 500 for bare IKE, 4500 (dataplane) for IKE behind the
+        Non-ESP marker and ESP; both marked so they never enter the tunnel."""
+        family = socket.AF_INET6 if ":" in self.server_addr else socket.AF_INET
         if self.sock500 is None:
             self.sock500 = udp_socket(None, 0, family=family, mark=FWMARK)
             self.loop.add_reader(self.sock500.fileno(), self._udp500_readable)
@@ -282,6 +297,11 @@ class IkeClient(TunnelHost):
             self.udp4500 = UdpLink(self.loop, self.dp, udp_socket(None, 0, family=family, mark=FWMARK),
                                    self._udp4500_ike)
             self.udp_links.append(self.udp4500)
+        return self.sock500, self.udp4500
+
+    async def _start_udp(self) -> None:
+        self._udp_sockets()
+        assert self.sock500 is not None and self.udp4500 is not None
         self.peer.set_conn(self.udp4500.conn)
         self.peer.set_addr(self.server_addr, NATT_PORT)
         local = self.sock500.getsockname()[:2]
@@ -338,7 +358,7 @@ class IkeClient(TunnelHost):
 
     def _stream_port(self) -> int:
         tr = self.cfg.transport
-        if tr.protocol == "auto":
+        if tr.protocol in ("auto", "udp"):  # a fallback: the standard ports (RFC 9329 §2, App. A)
             return 443 if self.transport == "tls" else 4500
         return tr.port
 
@@ -374,7 +394,7 @@ class IkeClient(TunnelHost):
             self.endpoint.receive(msg, None, _sockname(link.sock))
 
     def on_link_closed(self, link: StreamLink, reason: str) -> None:
-        if link is not self.link or self._stopping:
+        if link is not self.link or self._stopping or self.transport == "udp":
             return
         self.link = None
         self.peer.set_conn(None)
@@ -386,7 +406,13 @@ class IkeClient(TunnelHost):
         """RFC 9329 §6.1: only the Originator reconnects; the IKE SA continues on the new
         connection and the outstanding request is resent there (§6.2). Ends when that
         IKE SA does (DPD or the request timeout declares the server dead)."""
-        backoff = Backoff()
+        backoff = self._reconnect_backoff
+        if time.monotonic() - self._last_reconnect < STABLE_LINK_S:
+            # the last connection died at once (a middlebox, a server refusing it): wait
+            await asyncio.sleep(backoff.next())
+        else:
+            backoff.reset()
+        self._last_reconnect = time.monotonic()
         while not self._stopping and self.endpoint is endpoint and not endpoint.closed:
             try:
                 link = await self._connect()
@@ -403,7 +429,7 @@ class IkeClient(TunnelHost):
 
     # -- session output and events --------------------------------------------------------
     def _send(self, out: Outgoing) -> None:
-        if self.transport == "udp":
+        if (self._ike_path or self.transport) == "udp":
             remote = out.remote or (self.server_addr, NATT_PORT)
             if remote[1] == IKE_UDP_PORT:
                 assert self.sock500 is not None
@@ -457,8 +483,10 @@ class IkeClient(TunnelHost):
             self.spawn(self._apply_addresses(e))
         elif isinstance(e, ev.IkeSaRekeyed):
             self.event(f"IKE SA rekeyed ({e.algorithms})")
-        elif isinstance(e, ev.AddressesUpdated | ev.PeerAddressChanged):
-            self.event(f"addresses updated: {e}")
+        elif isinstance(e, ev.AddressesUpdated):
+            self._on_addresses_updated(e)
+        elif isinstance(e, ev.PeerAddressChanged):
+            self.event(f"server address now {e.new[0]}:{e.new[1]}")
         elif isinstance(e, ev.IkeSaClosed):
             self._on_closed(e)
 
@@ -540,9 +568,148 @@ class IkeClient(TunnelHost):
             if net not in self.cfg.tunnel.routes:
                 nc.add_route(str(net), ifname=dev)
 
+
+    # -- mobility (RFC 4555 MOBIKE, RFC 9329 §7.1) ------------------------------------------
+    def _route_source(self) -> str | None:
+        """The local address our marked sockets would use towards the server now."""
+        family = socket.AF_INET6 if ":" in self.server_addr else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, FWMARK)
+                s.connect((self.server_addr, NATT_PORT))
+                return str(s.getsockname()[0])
+        except OSError:
+            return None  # no route at the moment (a link went down)
+
+    def _watch_path(self, ep: IkeEndpoint) -> None:
+        """Notice a new local address (another network, a new NAT mapping behind it)."""
+        ip = self._route_source()
+        if ip is None or ip == self._local_ip:
+            return
+        old, self._local_ip = self._local_ip, ip
+        if old is None:
+            return  # the first reading
+        self._on_local_address_changed(ep, old, ip)
+
+    def _record_move(self, frm: str, to: str, reason: str) -> None:
+        self.moves.append({"time": time.strftime("%H:%M:%S"), "at": round(time.time(), 3),
+                           "from": frm, "to": to, "reason": reason})
+        del self.moves[:-20]
+        self.event(f"moved from {frm.upper()} to {to.upper()}: {reason}")
+
+    def _on_local_address_changed(self, ep: IkeEndpoint, old: str, new: str) -> None:
+        session = ep.session
+        if not session.mobike:
+            self.event(f"local address changed ({old} -> {new}); the server did not negotiate MOBIKE: "
+                       "re-establishing at the connection level")
+            if self.link is not None:
+                self.link.close("local address changed")
+            return
+        self.event(f"local address changed ({old} -> {new}): UPDATE_SA_ADDRESSES over {self.transport.upper()}")
+        if self.transport == "udp":
+            assert self.udp4500 is not None
+            port = int(self.udp4500.sock.getsockname()[1])
+            self._update_pending = True
+            self._move_token += 1
+            token = self._move_token
+            ep.command(session.update_addresses, local=(new, port), remote=(self.server_addr, NATT_PORT))
+            self.call_later(self.cfg.transport.mobike_wait_s, lambda: self._udp_update_unanswered(token))
+        elif self.link is not None:
+            # the stream was bound to the old address: reconnect; the session resends or
+            # sends UPDATE_SA_ADDRESSES on the new connection (RFC 9329 §6.1, §7.1)
+            self._update_pending = True
+            self.link.close("local address changed")
+
+    def _udp_update_unanswered(self, token: int) -> None:
+        """RFC 9329 §7.1: no answer over UDP -> the same request over TCP (or TLS)."""
+        if token != self._move_token or not self._update_pending or self.transport != "udp":
+            return
+        ep = self.endpoint
+        if ep is None or ep.closed:
+            return
+        wait = self.cfg.transport.mobike_wait_s
+        self.spawn(self._move_to_stream(ep, f"no answer over UDP within {wait:g} s after the address change"))
+
+    async def _move_to_stream(self, ep: IkeEndpoint, reason: str) -> None:
+        frm, target = self.transport, self.ike.fallback
+        self.transport = target
+        self._pending_move = (frm, target, reason)
+        try:
+            link = await self._connect()
+        except OSError as exc:
+            self.event(f"cannot move to {target.upper()}: {exc}")
+            self.transport = frm
+            return
+        if self.endpoint is not ep or ep.closed:
+            link.close("IKE SA gone")
+            return
+        # the outstanding UPDATE_SA_ADDRESSES goes again, same message ID and bytes
+        ep.command(ep.session.transport_changed, stream=True, local=_sockname(link.sock),
+                   remote=(self.server_addr, self._stream_port()))
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        if self.cfg.transport.udp_probe_s > 0:
+            self.call_later(self.cfg.transport.udp_probe_s, self._probe_udp)
+
+    def _probe_udp(self) -> None:
+        """On TCP/TLS after a move: try UDP again (RFC 9329 §9: UDP is preferred)."""
+        ep = self.endpoint
+        if (ep is None or ep.closed or not ep.session.established or not ep.session.mobike
+                or self.transport == "udp" or self._probing or self._stopping):
+            return
+        _sock500, udp = self._udp_sockets()
+        ip = self._route_source()
+        if ip is None:
+            self._schedule_probe()
+            return
+        self._probing = True
+        self._ike_path = "udp"
+        self._move_token += 1
+        token = self._move_token
+        ep.command(ep.session.transport_changed, stream=False, local=(ip, int(udp.sock.getsockname()[1])),
+                   remote=(self.server_addr, NATT_PORT))
+        self.call_later(self.cfg.transport.mobike_wait_s, lambda: self._probe_unanswered(token))
+
+    def _probe_unanswered(self, token: int) -> None:
+        if token != self._move_token or not self._probing:
+            return
+        self._probing = False
+        self._ike_path = None
+        ep, link = self.endpoint, self.link
+        if ep is not None and not ep.closed and link is not None and link.is_open:
+            # back to the stream with the same request (RFC 9329 §7.1: no new exchange)
+            ep.command(ep.session.transport_changed, stream=True, local=_sockname(link.sock),
+                       remote=(self.server_addr, self._stream_port()))
+        self._schedule_probe()
+
+    def _on_addresses_updated(self, e: ev.AddressesUpdated) -> None:
+        """UPDATE_SA_ADDRESSES completed on a new path: ESP follows IKE there."""
+        if not e.stream and self._probing:
+            frm = self.transport
+            self._probing = False
+            self._ike_path = None
+            assert self.udp4500 is not None
+            self.transport = "udp"
+            self.peer.set_conn(self.udp4500.conn)
+            self.peer.set_addr(self.server_addr, NATT_PORT)
+            link, self.link = self.link, None
+            if link is not None:
+                link.close("moved back to UDP")  # RFC 9329 §7.1 (T76): close the old stream
+            self._record_move(frm, "udp", "UDP answers again")
+        elif e.stream and self._pending_move is not None:
+            frm, to, reason = self._pending_move
+            self._pending_move = None
+            self._record_move(frm, to, reason)
+        elif self._update_pending:
+            self._record_move(self.transport, self.transport, f"local address now {e.local[0] if e.local else '?'}")
+        self._update_pending = False
+
     # -- housekeeping -----------------------------------------------------------------------
     def _housekeeping(self) -> None:
         ep, inst = self.endpoint, self.installer
+        if ep is not None and not ep.closed and ep.session.established:
+            self._watch_path(ep)
         if ep is not None and inst is not None and not ep.closed and ep.session.established:
             # ESP from the peer postpones DPD (RFC 7296 §2.4: only when nothing came)
             packets = sum(r["in_packets"] for r in inst.status())
@@ -579,6 +746,9 @@ class IkeClient(TunnelHost):
             "configured_transport": tr.protocol,
             "fell_back": self.fallback_reason is not None,
             "fallback_reason": self.fallback_reason,
+            "mobike": bool(session is not None and session.mobike),
+            "moves": self.moves,
+            "probing_udp": self._probing,
             "virtual_ip": self.addresses,
             "dns": self.dns_servers,
             "dns_pushed": self.dns_pushed,
