@@ -460,6 +460,7 @@ class IkeClient(TunnelHost):
             return
         assert self.installer is not None
         if isinstance(e, ev.IkeSaEstablished):
+            self._local_ip = self._route_source()  # the path this IKE SA was made on
             self.ike_up = True
             self.state = "up"
             self.established_at = time.time()

@@ -61,9 +61,11 @@ sys.exit(cli.main(["serve", sys.argv[1]]))
 
 
 def server_config_text(*, name: str, psk_file: Path, client_psk_file: Path, dpd: int = 30,
-                       uplink: str | None = None, dns: tuple[str, ...] = (SERVER_INNER,)) -> str:
+                       uplink: str | None = None, dns: tuple[str, ...] = (SERVER_INNER,),
+                       tls: tuple[Path, Path] | None = None) -> str:
     dns_list = ", ".join(f'"{d}"' for d in dns)
-    return textwrap.dedent(f"""\
+    tls_lines = f'tls_port = 443\ntls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"' if tls else "tls_port = 0"
+    text = textwrap.dedent(f"""\
         name = "{name}"
         mode = "ike"
         [tunnel]
@@ -71,7 +73,7 @@ def server_config_text(*, name: str, psk_file: Path, client_psk_file: Path, dpd:
         [server]
         identity = "vpn.test"
         psk_file = "{psk_file}"
-        tls_port = 0
+        {{tls_lines}}
         pool4 = "{POOL4}"
         dns = [{dns_list}]
         dpd = {dpd}
@@ -80,11 +82,13 @@ def server_config_text(*, name: str, psk_file: Path, client_psk_file: Path, dpd:
         identity = "alice@test"
         psk_file = "{client_psk_file}"
         """)
+    return text.replace("{tls_lines}", tls_lines)
 
 
 def client_config_text(*, name: str, protocol: str, remote: str, psk_file: Path, full_tunnel: bool = True,
                        dns: bool = True, kill_switch: bool = False, dpd: int = 30, peer_timeout: int = 10,
-                       routes: tuple[str, ...] = (), fallback_after: float = 2.0) -> str:
+                       routes: tuple[str, ...] = (), fallback_after: float = 2.0, transport_extra: str = "",
+                       ike_extra: str = "") -> str:
     route_list = ", ".join(f'"{r}"' for r in routes)
     return textwrap.dedent(f"""\
         name = "{name}"
@@ -98,13 +102,15 @@ def client_config_text(*, name: str, protocol: str, remote: str, psk_file: Path,
         protocol = "{protocol}"
         remote = "{remote}"
         fallback_after = {fallback_after}
+        {{transport_extra}}
         [ike]
         identity = "alice@test"
         remote_identity = "vpn.test"
         psk_file = "{psk_file}"
         dpd = {dpd}
         peer_timeout = {peer_timeout}
-        """)
+        {{ike_extra}}
+        """).replace("{transport_extra}", transport_extra).replace("{ike_extra}", ike_extra)
 
 
 @dataclass
@@ -223,7 +229,8 @@ class IkeTunnel:
 @contextlib.contextmanager
 def ike_tunnel(topo: Topology, workdir: Path, *, server_psk: str = PSK, uplink: str | None = None,
                server_script: str | None = None, names: tuple[str, str] = ("iks", "ikc"),
-               server_dns: tuple[str, ...] = (SERVER_INNER,), **client_kw: Any) -> Iterator[IkeTunnel]:
+               server_dns: tuple[str, ...] = (SERVER_INNER,), server_tls: tuple[Path, Path] | None = None,
+               **client_kw: Any) -> Iterator[IkeTunnel]:
     """Configs and PSK files in `workdir`, the client namespace's own resolv.conf; the
     server process and client daemons are always stopped at the end."""
     for fname, secret in (("client.psk", PSK), ("server-alice.psk", server_psk), ("server.psk", PSK)):
@@ -233,7 +240,7 @@ def ike_tunnel(topo: Topology, workdir: Path, *, server_psk: str = PSK, uplink: 
     srv_cfg = workdir / "server.toml"
     srv_cfg.write_text(server_config_text(name=names[0], psk_file=workdir / "server.psk",
                                           client_psk_file=workdir / "server-alice.psk", uplink=uplink,
-                                          dns=server_dns))
+                                          dns=server_dns, tls=server_tls))
     server = ServerProc(topo.server, names[0], srv_cfg, workdir / "run-server", workdir / "server.log",
                         script=server_script)
     client = VpnSide(topo.client, "client", names[1], workdir / "client.toml", workdir / "run-client")
