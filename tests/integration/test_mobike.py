@@ -148,3 +148,80 @@ def test_plain_address_change_on_udp(two_uplinks: TwoUplinkTopology, tmp_path: P
         assert srv["transport"] == "udp"
         vpn.ping(SERVER_INNER)
         assert CLIENT_INNER in st["virtual_ip"][0]
+
+
+def _informational_requests(messages: list[bytes]) -> dict[int, bytes]:
+    """IKE INFORMATIONAL requests from the original initiator, by message ID."""
+    out = {}
+    for m in messages:
+        if len(m) >= 28 and m[18] == 37 and m[19] & 0x08 and not m[19] & 0x20:
+            out[int.from_bytes(m[20:24], "big")] = m
+    return out
+
+
+def test_the_update_is_the_same_message_on_udp_and_tcp(two_uplinks: TwoUplinkTopology,
+                                                      tmp_path: Path) -> None:
+    """RFC 9329 §7.1: after UDP went unanswered the client resends the same request (same
+    message ID, same bytes) over TCP; it does not start a new exchange. Checked on the
+    wire, on the router's port towards uplink 2."""
+    from scapy.layers.inet import UDP
+
+    from .manual import Capture, split_frames, tcp_payload
+
+    t = two_uplinks
+    with ike_tunnel(t, tmp_path, **_client_cfg("tcp")) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        cap = Capture(t.router, "r-c2", f"host {t.server_v4}", tmp_path / "move.pcap")
+        t.router.nft(BLOCK_UDP_ON_UPLINK2)
+        t.use_uplink(2)
+        vpn.wait_status(lambda s: s["transport"] == "tcp" and s["moves"], 30, "move to tcp")
+        time.sleep(1)
+        packets = cap.stop()
+    over_udp = [bytes(p[UDP].payload)[4:] for p in packets
+                if UDP in p and p[UDP].dport == 4500 and bytes(p[UDP].payload)[:4] == b"\0\0\0\0"]
+    frames, _rest = split_frames(tcp_payload(packets, 4500))
+    over_tcp = [f[4:] for f in frames if f[:4] == b"\0\0\0\0"]
+    udp_reqs, tcp_reqs = _informational_requests(over_udp), _informational_requests(over_tcp)
+    assert udp_reqs, "no INFORMATIONAL request went out over UDP on the new network"
+    first_id = min(udp_reqs)
+    assert first_id in tcp_reqs, f"the request {first_id} was not resent over TCP ({sorted(tcp_reqs)})"
+    assert tcp_reqs[first_id] == udp_reqs[first_id]  # byte for byte: the same message
+    # afterwards a new UPDATE with NAT detection for the TCP path follows (RFC 9329 §7.1)
+    assert max(tcp_reqs) > first_id
+
+
+def test_a_forged_update_moves_nothing(two_uplinks: TwoUplinkTopology, tmp_path: Path) -> None:
+    """An UPDATE_SA_ADDRESSES with a broken ICV, from another port, is dropped: the
+    server's view of the client does not change (RFC 4555 §5: only authenticated
+    messages move an SA)."""
+    from scapy.layers.inet import UDP
+
+    from .manual import Capture
+
+    t = two_uplinks
+    with ike_tunnel(t, tmp_path, **_client_cfg("tcp")) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        cap = Capture(t.router, "r-c2", f"host {t.server_v4} and udp", tmp_path / "upd.pcap")
+        t.use_uplink(2)
+        vpn.wait_status(lambda s: any(m["from"] == m["to"] == "udp" for m in s["moves"]), 20, "update")
+        packets = cap.stop()
+        updates = [bytes(p[UDP].payload) for p in packets
+                   if UDP in p and p[UDP].dport == 4500 and bytes(p[UDP].payload)[:4] == b"\0\0\0\0"]
+        reqs = _informational_requests([u[4:] for u in updates])
+        assert reqs
+        genuine = reqs[min(reqs)]
+        before = _server_client(vpn)
+        forged = bytearray(genuine)
+        forged[-5] ^= 0x55  # inside the ICV
+        for port in (40001, 40002):  # a "new NAT mapping" that did not authenticate
+            t.client.run(["python3", "-c",
+                          "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                          "s.bind(('',int(sys.argv[1])));s.sendto(bytes.fromhex(sys.argv[2]),(sys.argv[3],4500))",
+                          str(port), (b"\0\0\0\0" + bytes(forged)).hex(), t.server_v4])
+        time.sleep(1)
+        after = _server_client(vpn)
+        assert after["remote"] == before["remote"]
+        assert after["counters"]["moves"] == before["counters"]["moves"]
+        vpn.ping(SERVER_INNER)
