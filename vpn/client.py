@@ -43,6 +43,7 @@ from vpn.io.endpoint import ChildInstaller, IkeEndpoint
 from vpn.io.host import StartupError, TunnelHost, resolve
 from vpn.io.killswitch import KillSwitch, KillSwitchError
 from vpn.io.netconf import NetConf
+from vpn.io.pathwatch import PathWatcher
 from vpn.io.stream import Backoff, StreamLink, open_connection
 from vpn.io.tls import TlsClientSettings, TlsLink, client_context
 from vpn.io.udp import UdpLink, udp_socket
@@ -167,6 +168,8 @@ class IkeClient(TunnelHost):
         self.moves: list[dict[str, Any]] = []
         self._pending_move: tuple[str, str, str] | None = None
         self._reconnect_backoff = Backoff()
+        self._standby: StreamLink | None = None
+        self.pathwatch: PathWatcher | None = None
         self._last_reconnect = 0.0
         self.tls_session: ssl.SSLSession | None = None
         tls = cfg.transport.tls
@@ -215,6 +218,7 @@ class IkeClient(TunnelHost):
         self.dp.set_default_peer(self.peer)
         self.installer = ChildInstaller(self.dp, self.peer)
         self.state = "connecting"
+        self.pathwatch = PathWatcher(self.loop, self._path_may_have_changed)
         self.spawn(self._run_sessions())
         self.call_later(HOUSEKEEPING_S, self._housekeeping)
         try:
@@ -356,26 +360,31 @@ class IkeClient(TunnelHost):
         local, remote = _sockname(link.sock), (self.server_addr, self._stream_port())
         self._new_session(stream=True, local=local, remote=remote)
 
-    def _stream_port(self) -> int:
+    def _stream_port(self, kind: str | None = None) -> int:
         tr = self.cfg.transport
+        kind = kind or self.transport
         if tr.protocol in ("auto", "udp"):  # a fallback: the standard ports (RFC 9329 §2, App. A)
-            return 443 if self.transport == "tls" else 4500
+            return 443 if kind == "tls" else 4500
         return tr.port
 
-    async def _connect(self) -> StreamLink:
-        port = self._stream_port()
+    async def _connect(self, *, standby: bool = False) -> StreamLink:
+        """A stream to the server (TLS handshaken). `standby`: opened ahead of a possible
+        move; neither IKE nor ESP uses it until the move happens."""
+        port = self._stream_port(self.ike.fallback if standby else None)
         where = f"{self._server_text()} port {port} over {self.transport.upper()}"
         try:
             sock = await open_connection(self.server_addr, port, mark=FWMARK, local=self.cfg.transport.local)
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
             raise _ConnectFailed(f"cannot reach {where}: {why}") from None
-        tls = self.tls_context if self.transport == "tls" else None
+        kind = self.ike.fallback if standby else self.transport
+        tls = self.tls_context if kind == "tls" else None
         link = self.new_link(sock, originator=True, tls_context=tls, tls_settings=self.tls_settings,
                              tls_session=self.tls_session)
-        self.link = link
-        self.peer.set_conn(link.conn)
-        self.event(f"connected to {self.server_addr}:{port} over {self.transport.upper()}")
+        if not standby:
+            self.link = link
+            self.peer.set_conn(link.conn)
+        self.event(f"connected to {self.server_addr}:{port} over {kind.upper()}" + (" (standby)" if standby else ""))
         if tls is not None:
             done = await _wait_handshake(link)
             if not done:
@@ -582,6 +591,11 @@ class IkeClient(TunnelHost):
         except OSError:
             return None  # no route at the moment (a link went down)
 
+    def _path_may_have_changed(self) -> None:
+        ep = self.endpoint
+        if ep is not None and not ep.closed and ep.session.established:
+            self._watch_path(ep)
+
     def _watch_path(self, ep: IkeEndpoint) -> None:
         """Notice a new local address (another network, a new NAT mapping behind it)."""
         ip = self._route_source()
@@ -615,6 +629,9 @@ class IkeClient(TunnelHost):
             token = self._move_token
             ep.command(session.update_addresses, local=(new, port), remote=(self.server_addr, NATT_PORT))
             self.call_later(self.cfg.transport.mobike_wait_s, lambda: self._udp_update_unanswered(token))
+            # open the fallback stream now, in case UDP stays silent: when the wait is over
+            # only the resent request's round trip is left (RFC 9329 §7.1)
+            self.spawn(self._open_standby(token))
         elif self.link is not None:
             # the stream was bound to the old address: reconnect; the session resends or
             # sends UPDATE_SA_ADDRESSES on the new connection (RFC 9329 §6.1, §7.1)
@@ -631,12 +648,36 @@ class IkeClient(TunnelHost):
         wait = self.cfg.transport.mobike_wait_s
         self.spawn(self._move_to_stream(ep, f"no answer over UDP within {wait:g} s after the address change"))
 
+    async def _open_standby(self, token: int) -> None:
+        """A connected (and for TLS, handshaken) stream, not used until the move."""
+        self._drop_standby()
+        try:
+            link = await self._connect(standby=True)
+        except OSError as exc:
+            self.event(f"standby {self.ike.fallback.upper()} connection failed: {exc}")
+            return
+        if token != self._move_token or not self._update_pending or self.transport != "udp":
+            link.close("not needed: UDP answered")
+            return
+        self._standby = link
+
+    def _drop_standby(self) -> None:
+        link, self._standby = self._standby, None
+        if link is not None:
+            link.close("not needed: UDP answered")
+
     async def _move_to_stream(self, ep: IkeEndpoint, reason: str) -> None:
         frm, target = self.transport, self.ike.fallback
         self.transport = target
         self._pending_move = (frm, target, reason)
+        standby, self._standby = self._standby, None
         try:
-            link = await self._connect()
+            if standby is not None and standby.is_open:
+                link = standby
+                self.link = link
+                self.peer.set_conn(link.conn)  # ESP goes over the stream at once
+            else:
+                link = await self._connect()
         except OSError as exc:
             self.event(f"cannot move to {target.upper()}: {exc}")
             self.transport = frm
@@ -705,6 +746,8 @@ class IkeClient(TunnelHost):
         elif self._update_pending:
             self._record_move(self.transport, self.transport, f"local address now {e.local[0] if e.local else '?'}")
         self._update_pending = False
+        if self.transport == "udp":
+            self._drop_standby()
 
     # -- housekeeping -----------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -804,6 +847,8 @@ class IkeClient(TunnelHost):
             await asyncio.sleep(0.05)
 
     async def after_links_closed(self) -> None:
+        if self.pathwatch is not None:
+            self.pathwatch.close()
         if self.endpoint is not None:
             self.endpoint.stop()
         if self.sock500 is not None:
