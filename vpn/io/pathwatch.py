@@ -20,7 +20,7 @@ RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
-SETTLE_S = 0.05  # a link change comes as a burst of messages: look once it settled
+SETTLE_S = 0.005  # a link change comes as a burst of messages: look once it settled
 
 
 class PathWatcher:
