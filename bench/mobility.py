@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(textwrap.dedent(f"""\
             MOBIKE moves, median of {args.runs} runs (UDP wait {args.udp_wait:g} s, RTT {rtt * 1000:.2f} ms):
-              udp -> tcp: traffic paused {p1:.3f} s (budget: UDP wait + RTT + probe spacing = {budget:.4f} s), moved after \
+              udp -> tcp: paused {p1:.3f} s (budget: UDP wait + RTT + probe spacing {budget:.4f} s), moved after \
 {rows[0]['move_s']:.2f} s
               tcp -> udp: traffic paused {p2:.3f} s, moved after {rows[1]['move_s']:.2f} s
               a fresh tunnel over TCP: {fresh:.3f} s; a reconnecting client (UDP wait + fresh TCP): \
