@@ -137,6 +137,10 @@ class TlsLink(StreamLink):
             self._feed(bytes(plain))
         self.flush()
 
+    def rx_partial(self) -> int:
+        """A partial TLS record counts as much as a partial frame."""
+        return self._in.pending + self.conn.rx_pending()
+
     def _feed(self, plain: bytes) -> None:
         off = 0
         while off < len(plain):
