@@ -125,6 +125,7 @@ class IkeServer(TunnelHost):
         self._next_peer_id = 1
         self._reply: _Reply | None = None
         self._esp_seen: dict[StreamLink, int] = {}
+        self.link_closes: dict[str, int] = {}  # connections the server closed, by rule
         self.closed_clients = 0
 
     # -- bring-up ---------------------------------------------------------------------
@@ -222,6 +223,10 @@ class IkeServer(TunnelHost):
             client = self._new_client(s, via, remote, local_port)
         with self._replying(_Reply(s, via, remote, local_port)):
             client.endpoint.pump()
+        if via is not None and not via.authenticated and known is s and s.dropped > dropped_before:
+            # RFC 9329 §6.1 (T47): an IKE message that fails on a new connection
+            self._close_link(via, "auth_failed", "an IKE message failed authentication (RFC 9329 §6.1)")
+            return
         if (not d.created and known is s and header is not None and s.established
                 and s.dropped == dropped_before and self._fresh(client, header)):
             self._authenticated_on(client, via, remote, local_port)
@@ -284,6 +289,10 @@ class IkeServer(TunnelHost):
             client.udp_local_port = NATT_PORT
             client.udp_remote = remote
             client.peer.set_addr(*self.udp4500.dest(*remote))  # ESP goes there too
+            if client.stream:  # MOBIKE moved the SA from a stream to UDP (RFC 9329 §7.1)
+                client.link, client.transport = None, "udp"
+                client.peer.set_conn(self.udp4500.conn)
+                self.event(f"{client.identity}: return path moved to UDP {_fmt(remote)}")
 
     def _move_to(self, client: ClientState, link: StreamLink, why: str) -> None:
         """RFC 9329 §6.1: send on `link` from now on; an outstanding request of ours is
@@ -298,12 +307,19 @@ class IkeServer(TunnelHost):
 
     def on_link_rx(self, link: StreamLink) -> None:
         """ESP that opened on `link` may have moved a peer's return path in C."""
+        if not link.is_open:
+            return
         owner = self.link_owner.get(link)
         if owner is not None:
             if owner.link is not link and owner.peer.conn_handle() == link.conn.handle:
                 self._move_to(owner, link, "ESP")
             return
-        packets = link.conn.rx_counters().packets
+        rx = link.conn.rx_counters()
+        if not link.authenticated and (rx.icv or rx.replay):
+            # RFC 9329 §6.1 (T47): ESP under a known SPI failed on a new connection
+            self._close_link(link, "auth_failed", "ESP failed authentication (RFC 9329 §6.1)")
+            return
+        packets = rx.packets
         if packets == self._esp_seen.get(link, 0):
             return
         self._esp_seen[link] = packets
@@ -313,6 +329,11 @@ class IkeServer(TunnelHost):
                 self.link_owner[link] = client
                 self._move_to(client, link, "ESP")
                 return
+
+    def _close_link(self, link: StreamLink, rule: str, reason: str) -> None:
+        if link.is_open:
+            self.link_closes[rule] = self.link_closes.get(rule, 0) + 1
+            link.close(reason)
 
     def _link_has_sa(self, link: StreamLink) -> bool:
         """RFC 9329 §6.1: does this connection still carry a live IKE SA (T34), or, if it
@@ -383,11 +404,12 @@ class IkeServer(TunnelHost):
         elif isinstance(e, ev.ChildSaDeleted):
             client.installer.remove(e.spi_in)
             client.rekeying.discard(e.spi_in)
-        elif isinstance(e, ev.PeerAddressChanged):
+        elif isinstance(e, ev.PeerAddressChanged) and not client.stream:
+            # RFC 7296 §2.23, RFC 4555 §3.5 (over a stream the connection is the path)
             client.udp_remote = e.new
-            if not client.stream and self.udp4500 is not None:
+            if self.udp4500 is not None:
                 client.peer.set_addr(*self.udp4500.dest(*e.new))
-            self.event(f"{client.identity}: peer address now {e.new[0]}:{e.new[1]}")
+            self.event(f"{client.identity}: peer address now {_fmt(e.new)}")
         elif isinstance(e, ev.InitialContactReceived):
             self._drop_older(client, e.peer_id)
         elif isinstance(e, ev.IkeSaClosed):
@@ -484,7 +506,7 @@ class IkeServer(TunnelHost):
 
     def status(self) -> dict[str, Any]:
         st = self.base_status()
-        closed: dict[str, int] = {}
+        closed = dict(self.link_closes)
         for server in self.servers:
             for rule, n in server.closed_by_rule.items():
                 closed[rule] = closed.get(rule, 0) + n
