@@ -34,6 +34,7 @@ MAX_REPLAY_WINDOW = 65536
 MIN_REKEY_S = 60  # Child SA rekey time: below a minute rekeys would dominate
 MIN_REKEY_BYTES = 1 << 20
 NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")  # also a Linux interface name (IFNAMSIZ-1)
+IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.@+-]{1,15}$")  # an interface named in nftables rules
 
 
 class ConfigError(Exception):
@@ -452,7 +453,7 @@ def _server(sec: _Section, top: _Section, path: Path) -> ServerConfig:
         subnets=tuple(_parse(sec, "subnets", n, lambda t: ipaddress.ip_network(t), "a prefix")
                       for n in sec.str_list("subnets")) or (ipaddress.ip_network("0.0.0.0/0"),
                                                             ipaddress.ip_network("::/0")),
-        uplink=sec.get("uplink", str),
+        uplink=_ifname(sec, "uplink"),
         mss_clamp=sec.get("mss_clamp", bool, True),
         clients=tuple(clients),
         dpd_s=float(sec.int_range("dpd", 0, 3600, 60)),
@@ -461,6 +462,14 @@ def _server(sec: _Section, top: _Section, path: Path) -> ServerConfig:
     )
     sec.finish()
     return server
+
+
+def _ifname(sec: _Section, k: str) -> str | None:
+    """An interface name (it goes into the nftables ruleset as a quoted string)."""
+    name = sec.get(k, str)
+    if name is not None and not IFNAME_RE.match(name):
+        raise sec.error(k, f"{name!r} is not an interface name", "use the name `ip link` shows, e.g. \"eth0\"")
+    return name
 
 
 def _rekey_bytes(sec: _Section) -> int:

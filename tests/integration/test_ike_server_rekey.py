@@ -72,7 +72,7 @@ def write_server(tmp_path: Path, extra: str) -> Path:
     return cfg
 
 
-def test_server_lifetime_keys(tmp_path: Path) -> None:
+def test_server_config_keys(tmp_path: Path) -> None:
     cfg = config.load(write_server(tmp_path, "rekey = 600\nrekey_bytes = 1048576\n"))
     assert cfg.server is not None and cfg.server.child_rekey_bytes == 1 << 20
     policy, _ = server_policy(cfg)
@@ -81,6 +81,7 @@ def test_server_lifetime_keys(tmp_path: Path) -> None:
     default = config.load(write_server(tmp_path, ""))
     assert default.server is not None and default.server.child_rekey_bytes == 0
     assert default.server.child_rekey_s == 3600
-    for bad, key in (("rekey = 10\n", "rekey"), ("rekey_bytes = 1000\n", "rekey_bytes")):
+    for bad, key in (("rekey = 10\n", "rekey"), ("rekey_bytes = 1000\n", "rekey_bytes"),
+                     ('uplink = "eth0\\" accept"\n', "uplink")):
         with pytest.raises(config.ConfigError, match=rf"\[server\] {key}"):
             config.load(write_server(tmp_path, bad))
