@@ -324,7 +324,7 @@ class IkeServer(TunnelHost):
             return
         self._esp_seen[link] = packets
         for client in self.clients.values():  # once per batch of new ESP on an unknown link
-            if client.stream and client.peer.conn_handle() == link.conn.handle:
+            if client.peer.conn_handle() == link.conn.handle:  # (UDP -> TCP with MOBIKE too)
                 link.first_message = link.authenticated = True
                 self.link_owner[link] = client
                 self._move_to(client, link, "ESP")
@@ -387,7 +387,11 @@ class IkeServer(TunnelHost):
                        f"({e.algorithms})")
         elif isinstance(e, ev.VirtualAddressAssigned) and e.assigned_to_peer:
             for net in lease_networks(e.addresses):
-                self.dp.route_add(net, client.peer)
+                try:
+                    self.dp.route_add(net, client.peer)
+                except ValueError as exc:  # the dataplane's route table is full
+                    self.event(f"{e.peer_id}: {exc}")
+                    continue
                 self.route_owner[net] = client
                 client.routes.append(net)
             client.addresses = [str(a.ip) for a in e.addresses]
