@@ -40,8 +40,9 @@ from typing import Any
 from vpn import config
 from vpn import fastpath as fp
 from vpn.ike import events as ev
+from vpn.ike.constants import ExchangeType, HeaderFlag, NotifyType
 from vpn.ike.errors import MalformedMessage
-from vpn.ike.message import IkeHeader, peek_header
+from vpn.ike.message import IkeHeader, Message, Notify, peek_header
 from vpn.ike.policy import Identity, PoolAllocator
 from vpn.ike.responder import CookiePolicy, IkeResponder
 from vpn.ike.session import IkeSession, Outgoing
@@ -125,6 +126,7 @@ class IkeServer(TunnelHost):
         self._next_peer_id = 1
         self._reply: _Reply | None = None
         self._esp_seen: dict[StreamLink, int] = {}
+        self._invalid_spi_sent: set[StreamLink] = set()
         self.link_closes: dict[str, int] = {}  # connections the server closed, by rule
         self.closed_clients = 0
 
@@ -215,6 +217,8 @@ class IkeServer(TunnelHost):
                                  lambda: None if link.authenticated else link.close("no retry after a cookie"))
         s = d.session
         if s is None:
+            if via is not None and header is not None and not d.replies:
+                self._invalid_ike_spi(via, header)
             return
         client = self.clients.get(id(s))
         if client is None:
@@ -230,6 +234,19 @@ class IkeServer(TunnelHost):
         if (not d.created and known is s and header is not None and s.established
                 and s.dropped == dropped_before and self._fresh(client, header)):
             self._authenticated_on(client, via, remote, local_port)
+
+    def _invalid_ike_spi(self, link: StreamLink, header: IkeHeader) -> None:
+        """RFC 7296 §2.21.4: a request for an IKE SA we do not know (say, from before a
+        restart) may get an unprotected INVALID_IKE_SPI answer; once per connection,
+        which the listener then closes (T34)."""
+        if (header.is_response or header.exchange == ExchangeType.IKE_SA_INIT or link.authenticated
+                or link in self._invalid_spi_sent):
+            return
+        self._invalid_spi_sent.add(link)
+        flags = HeaderFlag.RESPONSE | (HeaderFlag.NONE if header.is_initiator else HeaderFlag.INITIATOR)
+        reply = Message(header.spi_i, header.spi_r, header.exchange, flags, header.message_id,
+                        (Notify(NotifyType.INVALID_IKE_SPI),))
+        link.send_ike(reply.encode())
 
     def _session_of(self, header: IkeHeader | None) -> IkeSession | None:
         """The session that owns this message's SPI, before it is handled."""
@@ -446,6 +463,7 @@ class IkeServer(TunnelHost):
     def on_link_closed(self, link: StreamLink, reason: str) -> None:
         self.link_owner.pop(link, None)
         self._esp_seen.pop(link, None)
+        self._invalid_spi_sent.discard(link)
         for client in self.clients.values():
             if client.link is link:
                 client.link = None  # keep the SA: the client reconnects (RFC 9329 §6.1, T35)

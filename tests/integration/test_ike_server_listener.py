@@ -41,14 +41,14 @@ def conn(port, data=b""):
     if data:
         s.sendall(data)
     return s
-hdr = os.urandom(8) + bytes(8) + bytes([0, 0x20, 37, 0x08]) + bytes(4) + (28).to_bytes(4, "big")
+hdr = os.urandom(16) + bytes([0, 0x20, 37, 0x08]) + (7).to_bytes(4, "big") + (28).to_bytes(4, "big")
 probes = {
     "silent": conn(4500),
     "partial_prefix": conn(4500, b"IKE"),
     "silent_tls": conn(443),
     "unknown_spi": conn(4500, b"IKETCP" + (34).to_bytes(2, "big") + bytes(4) + hdr),
 }
-t0, closed = time.monotonic(), {}
+t0, closed, got = time.monotonic(), {}, {k: b"" for k in probes}
 while len(closed) < len(probes) and time.monotonic() - t0 < 25:
     socks = [s for k, s in probes.items() if k not in closed]
     ready, _, _ = select.select(socks, [], [], 0.1)
@@ -57,10 +57,12 @@ while len(closed) < len(probes) and time.monotonic() - t0 < 25:
             data = s.recv(4096)
         except OSError:
             data = b""
+        name = next(k for k, v in probes.items() if v is s)
+        got[name] += data
         if not data:
-            name = next(k for k, v in probes.items() if v is s)
             closed[name] = round(time.monotonic() - t0, 2)
-print(json.dumps({k: closed.get(k) for k in probes}), flush=True)
+print(json.dumps({"closed": {k: closed.get(k) for k in probes}, "got": {k: v.hex() for k, v in got.items()},
+                  "sent_header": hdr.hex()}), flush=True)
 """
 
 # Opens N silent connections, one every few ms; reports which closed within 2 s.
@@ -117,10 +119,18 @@ def test_listener_closes_silent_partial_and_orphaned_connections(lab: Lab, tmp_p
             out, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, f"{name}: {err.decode(errors='replace')}"
             results[name] = json.loads(out.decode().strip().splitlines()[-1])
-        closed = results["probe"]
+        closed, got = results["probe"]["closed"], results["probe"]["got"]
         for name in ("silent", "partial_prefix", "silent_tls"):
             assert closed[name] is not None and 9.5 <= closed[name] <= 12.5, (name, closed)
+            assert got[name] == "", (name, got[name])
         assert closed["unknown_spi"] is not None and 4.5 <= closed["unknown_spi"] <= 7.5, closed
+        # RFC 7296 §2.21.4: the request for an unknown IKE SA got an unprotected
+        # INVALID_IKE_SPI answer with its SPIs and message ID (one frame, Non-ESP marker)
+        answer, sent = bytes.fromhex(got["unknown_spi"]), bytes.fromhex(results["probe"]["sent_header"])
+        assert int.from_bytes(answer[:2], "big") == len(answer) and answer[2:6] == bytes(4), answer.hex()
+        msg = answer[6:]
+        assert msg[:16] == sent[:16] and msg[18] == 37 and msg[19] == 0x20 and msg[20:24] == sent[20:24]
+        assert msg[16] == 41 and int.from_bytes(msg[28 + 6:28 + 8], "big") == 4  # N(INVALID_IKE_SPI)
         after = results["partial"]["closed_after_last_byte"]
         assert after is not None and 9.5 <= after <= 12.5, results["partial"]
         assert "error" not in results["deleted"], results["deleted"]
