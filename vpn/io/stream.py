@@ -8,6 +8,9 @@
 4. Writing: one ordered queue per connection, owned by C; when the socket is full the
    remainder waits for writability and the TUN reader pauses above the high-water mark.
 5. Only the client reconnects (with backoff, §6.1); the server never connects out.
+6. The accepting side defends itself (StreamServer, ListenerLimits): the prefix and a
+   first message in time, a cap on unauthenticated connections, no stalled partial
+   frame, no connection left without an IKE SA.
 """
 
 from __future__ import annotations
