@@ -184,9 +184,10 @@ def test_handshakes_do_not_wait_for_each_other(lab: Lab, tmp_path: Path) -> None
             res = json.loads(out.decode().strip().splitlines()[-1]) if out else {"error": err.decode()[-500:]}
             assert "error" not in res, (n, res)
             seconds.append(res["seconds"])
-        # one handshake is a few ms of work; all of them together, on 2 cores with the
-        # processes starting, must still not queue behind the stalled connections
-        assert max(seconds) < 3.0, seconds
+        # one handshake is a few ms of work; on 2 cores with the processes starting
+        # they take a little longer, but none waits for the stalled connections (which
+        # hold out for 10 s until the listener closes them)
+        assert max(seconds) < 5.0, seconds
         assert up_s < 10.0
         assert len(srv.clients()) == HANDSHAKES + 1
         ping(topo.client, SERVER_INNER)
