@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,12 +179,13 @@ def test_handshakes_do_not_wait_for_each_other(lab: Lab, tmp_path: Path) -> None
         cli = ik.client(topo.client, "alice@test", protocol="tcp")
         cli.up()  # the real client too
         up_s = time.monotonic() - started
-        seconds = []
+        seconds: list[float] = []
         for n, p in zip(names, peers, strict=True):
             out, err = p.communicate(timeout=60)
-            res = json.loads(out.decode().strip().splitlines()[-1]) if out else {"error": err.decode()[-500:]}
+            res: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1]) if out else {
+                "error": err.decode()[-500:]}
             assert "error" not in res, (n, res)
-            seconds.append(res["seconds"])
+            seconds.append(float(res["seconds"]))
         # one handshake is a few ms of work; on 2 cores with the processes starting
         # they take a little longer, but none waits for the stalled connections (which
         # hold out for 10 s until the listener closes them)

@@ -40,8 +40,8 @@ def test_table_name_is_safe_for_nft() -> None:
 
 
 def test_missing_nft_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(firewall.shutil, "which", lambda _name: None)
-    monkeypatch.setattr(firewall.paths, "RUN_ROOT", tmp_path)
+    monkeypatch.setattr("vpn.io.firewall.shutil.which", lambda _name: None)
+    monkeypatch.setattr("vpn.io.paths.RUN_ROOT", tmp_path)
     monkeypatch.setattr(firewall, "_read_sysctl", lambda _k: "0")
     with pytest.raises(FirewallError, match="apt-get install nftables"):
         firewall.Firewall("x").apply(ForwardingSpec(tun="x", uplink=None))
