@@ -8,6 +8,13 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 #include <unistd.h>
 
 #define DP_MAX_BATCH 256
@@ -19,6 +26,8 @@
 #define DP_UDP_SLOT 16384           /* larger datagrams are dropped (IKE fragments instead) */
 #define DP_STAGE_SLOTS 256          /* sealed datagrams staged for one sendmmsg */
 #define DP_BIND_BUCKETS 1024
+#define DP_GSO_MAX_SEGS 44          /* UDP_SEGMENT: at most 64 segments in one send */
+#define DP_GSO_MAX_BYTES 63000      /* and the whole send within one IP datagram */
 #define DP_MAX_ROUTES 4096
 
 struct vpn_dp_conn {
@@ -60,6 +69,11 @@ struct dp_route {
     vpn_dp_peer *peer;
 };
 
+union dp_gso_ctl {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+};
+
 struct dp_stage {
     vpn_dp_peer *peer;
     uint32_t len;
@@ -78,6 +92,7 @@ struct vpn_dp {
     struct dp_binding *bind[DP_BIND_BUCKETS];
     vpn_dp_counters ctr;
     struct vpn_gso_stats gso;
+    int udp_gso;                    /* UDP_SEGMENT works on our sockets (cleared on EIO) */
 
     /* send side */
     uint8_t *tun_arena;             /* batch x VPN_TUN_SLOT_BYTES */
@@ -89,6 +104,9 @@ struct vpn_dp {
     size_t stage_stride;
     struct dp_stage stage_meta[DP_STAGE_SLOTS];
     uint32_t n_stage;
+    struct mmsghdr tx_msgs[DP_STAGE_SLOTS];
+    struct iovec tx_iov[DP_STAGE_SLOTS];
+    union dp_gso_ctl tx_ctl[DP_STAGE_SLOTS];
     vpn_dp_conn *dirty[64];
     uint32_t n_dirty;
     int dirty_overflow;
@@ -212,6 +230,7 @@ vpn_dp *vpn_dp_new(int tun_fd, uint32_t mtu, uint32_t batch)
     if (!dp)
         return NULL;
     dp->tun_fd = tun_fd;
+    dp->udp_gso = 1;
     dp->mtu = mtu;
     dp->batch = batch;
     dp->seg_stride = (mtu + 63) & ~(size_t)63;
@@ -478,42 +497,78 @@ int vpn_dp_unbind_spi(vpn_dp *dp, uint32_t spi)
 
 /* --- send ------------------------------------------------------------------------ */
 
+/* Send the staged datagrams. Runs of equal-sized datagrams to one peer go out as one
+ * UDP GSO send (UDP_SEGMENT: the kernel splits them, one syscall and one route lookup
+ * for up to DP_GSO_MAX_SEGS datagrams); sendmmsg ships all the runs of one socket at once.
+ * On the wire nothing changes: ordinary UDP datagrams, one ESP packet each (RFC 3948). */
 static void stage_flush(vpn_dp *dp)
 {
-    struct mmsghdr msgs[DP_STAGE_SLOTS];
-    struct iovec iov[DP_STAGE_SLOTS];
+    struct mmsghdr *msgs = dp->tx_msgs;
+    struct iovec *iov = dp->tx_iov;
+    union dp_gso_ctl *ctl = dp->tx_ctl;
     uint32_t i = 0;
     while (i < dp->n_stage) {
-        /* one sendmmsg per run of datagrams that leave through the same socket */
         int fd = dp->stage_meta[i].peer->conn->fd;
-        uint32_t j = i;
-        while (j < dp->n_stage && dp->stage_meta[j].peer->conn->fd == fd) {
-            vpn_dp_peer *p = dp->stage_meta[j].peer;
-            iov[j].iov_base = dp->stage + (size_t)j * dp->stage_stride;
-            iov[j].iov_len = dp->stage_meta[j].len;
-            memset(&msgs[j], 0, sizeof(msgs[j]));
-            msgs[j].msg_hdr.msg_iov = &iov[j];
-            msgs[j].msg_hdr.msg_iovlen = 1;
-            if (p->addr_len) {
-                msgs[j].msg_hdr.msg_name = &p->addr;
-                msgs[j].msg_hdr.msg_namelen = p->addr_len;
+        uint32_t nmsg = 0, first_of_fd = i;
+        while (i < dp->n_stage && dp->stage_meta[i].peer->conn->fd == fd) {
+            vpn_dp_peer *p = dp->stage_meta[i].peer;
+            uint32_t seg = dp->stage_meta[i].len, j = i, total = 0;
+            /* one run: same peer, same size (the last one may be shorter) */
+            while (j < dp->n_stage && dp->stage_meta[j].peer == p && j - i < DP_GSO_MAX_SEGS &&
+                   total + dp->stage_meta[j].len <= DP_GSO_MAX_BYTES && (dp->udp_gso || j == i)) {
+                uint32_t len = dp->stage_meta[j].len;
+                if (len > seg)
+                    break;
+                iov[j].iov_base = dp->stage + (size_t)j * dp->stage_stride;
+                iov[j].iov_len = len;
+                total += len;
+                j++;
+                if (len < seg)
+                    break;
             }
-            j++;
+            struct msghdr *h = &msgs[nmsg].msg_hdr;
+            memset(&msgs[nmsg], 0, sizeof(msgs[nmsg]));
+            h->msg_iov = &iov[i];
+            h->msg_iovlen = j - i;
+            if (p->addr_len) {
+                h->msg_name = &p->addr;
+                h->msg_namelen = p->addr_len;
+            }
+            if (j - i > 1) {
+                h->msg_control = ctl[nmsg].buf;
+                h->msg_controllen = sizeof(ctl[nmsg].buf);
+                struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t gso = (uint16_t)seg;
+                memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
+            }
+            nmsg++;
+            i = j;
         }
-        uint32_t k = i;
-        while (k < j) {
-            int r = sendmmsg(fd, &msgs[k], j - k, MSG_DONTWAIT);
+        uint32_t k = 0;
+        while (k < nmsg) {
+            int r = sendmmsg(fd, &msgs[k], nmsg - k, MSG_DONTWAIT);
             if (r < 0) {
                 if (errno == EINTR)
                     continue;
+                if ((errno == EIO || errno == EINVAL) && dp->udp_gso) {
+                    /* no UDP GSO on this path (e.g. a device without checksum offload):
+                     * stage the rest again without it */
+                    dp->udp_gso = 0;
+                    dp->ctr.udp_send_drop += msgs[k].msg_hdr.msg_iovlen;
+                    k++;
+                    continue;
+                }
                 if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS)
-                    dp->stage_meta[k].peer->conn->error = errno;
-                dp->ctr.udp_send_drop += j - k;  /* UDP: a full socket drops (RFC 768 semantics) */
+                    dp->stage_meta[first_of_fd].peer->conn->error = errno;
+                for (uint32_t m = k; m < nmsg; m++)  /* UDP: a full socket drops */
+                    dp->ctr.udp_send_drop += msgs[m].msg_hdr.msg_iovlen;
                 break;
             }
             k += (uint32_t)r;
         }
-        i = j;
     }
     dp->n_stage = 0;
 }

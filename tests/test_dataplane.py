@@ -19,7 +19,7 @@ import pytest
 
 from tests.io.offload_packets import Flow, gso_frame, tcp_packet
 from vpn import fastpath as fp
-from vpn.esp.sa import OutboundSa, SaParams
+from vpn.esp.sa import InboundSa, OutboundSa, SaParams
 from vpn.framing import encode_frame
 from vpn.io import offload as ref
 
@@ -248,4 +248,37 @@ def test_udp_datagrams_and_ike_with_source_address() -> None:
     assert b.peer.addr() == ua.getsockname() and b.peer.counters()["moves"] == 1
     assert b.conn.rx_counters().keepalive == 1
     for s in (ua, ub, app_a, dp_a, app_b, dp_b):
+        s.close()
+
+
+def test_udp_gso_send_arrives_as_ordinary_datagrams() -> None:
+    """A batch of equal-sized packets leaves as one UDP_SEGMENT send; the peer's socket
+    still sees one ESP packet per datagram, each of which opens."""
+    ua = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ub = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (ua, ub):
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+    ub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    app_a, dp_a = tun_pair()
+    a = make_side(dp_a, app_a, ua, fp.DP_CONN_UDP, params(0x1001, K_AB), params(0x2002, K_BA), NET_B)
+    a.peer.set_addr(*ub.getsockname())
+    pkts = [ping("10.0.0.5", "10.0.1.7", os.urandom(1372), ident=i) for i in range(60)]
+    for p in pkts:
+        a.app.send(VNET0 + p)
+    a.dp.tun_to_net()
+    got = []
+    import time
+
+    deadline = time.monotonic() + 2
+    while len(got) < 60 and time.monotonic() < deadline:
+        try:
+            got.append(ub.recv(70000))
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert len(got) == 60 and a.dp.counters()["udp_send_drop"] == 0
+    assert len({len(g) for g in got}) == 1  # equal-sized ESP datagrams, not one blob
+    ref = InboundSa(params(0x1001, K_AB))
+    assert [ref.open(g).inner for g in got] == pkts
+    for s in (ua, ub, app_a, dp_a):
         s.close()

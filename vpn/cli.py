@@ -22,6 +22,7 @@ from vpn import __version__, config
 from vpn.io import control, paths
 
 UP_TIMEOUT_S = 60.0
+STOP_WAIT_S = 15.0
 
 
 def _pick_name(name: str | None) -> str:
@@ -56,10 +57,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     if status == "ok":
         print(f"{cfg.name}: up (daemon pid {proc.pid}, log {log_path})")
         return 0
-    if proc.poll() is None:
-        proc.terminate()
+    _wait_undone(proc, stop_first=status.startswith("not up after"))
     print(f"{cfg.name}: failed: {status} (log {log_path})", file=sys.stderr)
     return 1
+
+
+def _wait_undone(proc: subprocess.Popen[bytes], *, stop_first: bool) -> None:
+    """A daemon that failed to start undoes its changes, then exits: return after that
+    (one that is still starting is told to stop first)."""
+    if not stop_first:
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _wait_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> str:
@@ -109,7 +125,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    name = _pick_name(args.name)
+    """Stop the daemon, which undoes its changes. With no daemon (it crashed or was
+    killed), undo what it left: routes, rules, addresses, DNS and the kill switch."""
+    from vpn.client import leftover_names, undo_leftovers
+
+    running = control.running_instances()
+    name = args.name
+    if name is None and not running:
+        left = leftover_names()
+        if len(left) > 1:
+            raise control.ControlError(f"several instances left changes here ({', '.join(left)}): name one")
+        if not left:
+            raise control.ControlError("no instance is running in this network namespace")
+        name = left[0]
+    name = name or _pick_name(None)
+    if name not in running:
+        undone = undo_leftovers(name)
+        if not undone:
+            raise control.ControlError(f"no instance named {name!r} is running in this network namespace")
+        print(f"{name}: not running; undid what it left behind: {', '.join(undone)}")
+        return 0
     reply = control.request(name, "down", timeout=30)
     if not reply.get("ok"):
         print(f"{name}: {reply.get('error', 'failed')}", file=sys.stderr)
@@ -118,6 +153,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 15
     while name in control.running_instances() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if name not in control.running_instances():
+        undo_leftovers(name)  # whatever its own stop could not undo (normally nothing)
     print(f"{name}: down")
     return 0
 
@@ -125,7 +162,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     names = [args.name] if args.name else control.running_instances()
     if not names:
+        from vpn.client import leftover_names
+
         print("no instance is running in this network namespace", file=sys.stderr)
+        for name in leftover_names():  # a crashed instance's routes, DNS or kill switch
+            print(f"{name} did not stop cleanly and left changes behind: `vpn down {name}` undoes them",
+                  file=sys.stderr)
         return 1
     out = {}
     for name in names:
@@ -141,6 +183,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def format_status(name: str, st: dict[str, Any]) -> str:
     """A human-readable rendering of a daemon's status reply."""
     lines = [f"{name}: {st.get('state', '?')}"]
+    if st.get("role") == "client":
+        return "\n".join(lines + _format_client(st))
     for key in ("mode", "transport", "role", "remote", "peer", "device", "mtu", "uptime_s"):
         if st.get(key) is not None:
             lines.append(f"  {key}: {st[key]}")
@@ -156,6 +200,81 @@ def format_status(name: str, st: dict[str, Any]) -> str:
     for event in st.get("events") or []:
         lines.append(f"  event: {event}")
     return "\n".join(lines)
+
+
+def _format_moves(moves: Any) -> list[str]:
+    """MOBIKE moves, one line each (RFC 4555; RFC 9329 §7.1)."""
+    out = []
+    for m in moves or []:
+        out.append(f"  moved {m.get('time')}: {str(m.get('from')).upper()} -> {str(m.get('to')).upper()} "
+                   f"({m.get('reason')})")
+    return out
+
+
+def _format_client(st: dict[str, Any]) -> list[str]:
+    """The IKE client's status: where, how, which SAs, when they rekey, liveness."""
+    transport = str(st.get("transport", "?")).upper()
+    if st.get("fell_back"):
+        transport += f" (fell back from UDP: {st.get('fallback_reason')})"
+    elif st.get("configured_transport") == "auto":
+        transport += " (auto)"
+    if st.get("connected") is False:
+        transport += ", connection lost: reconnecting"
+    if st.get("probing_udp"):
+        transport += ", probing UDP"
+    lines = [f"  server: {st.get('server')} at {st.get('server_address')} over {transport}",
+             f"  device: {st.get('device')}, mtu {st.get('mtu')}, up {_duration(st.get('uptime_s'))}",
+             f"  virtual IP: {', '.join(st.get('virtual_ip') or []) or '-'}"
+             + (f"; DNS {', '.join(st['dns'])} ({st.get('dns_method')})" if st.get("dns") else ""),
+             f"  routing: {'full tunnel' if st.get('full_tunnel') else 'split tunnel'}"]
+    ks = st.get("kill_switch")
+    lines.append(f"  kill switch: on ({ks.get('table')}, {ks.get('blocked_packets')} packets blocked)"
+                 if isinstance(ks, dict) else "  kill switch: off")
+    ike = st.get("ike_sa")
+    if isinstance(ike, dict):
+        lines.append(f"  IKE SA {ike['spi_i']}_i {ike['spi_r']}_r with {ike['peer']}: {ike['algorithms']}, "
+                     f"established {_duration(ike.get('established_s_ago'))} ago, "
+                     f"rekey in {_duration(ike.get('rekey_in_s'))}")
+        dpd = ike.get("dpd") or {}
+        live = f"  liveness: last heard {_duration(ike.get('last_heard_s_ago'))} ago"
+        if dpd.get("in_progress"):
+            live += "; DPD in progress"
+        elif dpd.get("waiting_for"):
+            live += f"; waiting for the answer to: {dpd['waiting_for']}"
+        elif dpd.get("next_in_s") is not None:
+            live += f"; next DPD in {_duration(dpd['next_in_s'])}"
+        if dpd.get("last_sent_s_ago") is not None:
+            answered = dpd.get("last_answered_s_ago")
+            live += f"; last DPD {_duration(dpd['last_sent_s_ago'])} ago" + (
+                f", answered {_duration(answered)} ago" if answered is not None else ", unanswered")
+        lines.append(live)
+    else:
+        wait = st.get("next_attempt_in_s")
+        lines.append("  IKE SA: none" + (f" (next attempt in {_duration(wait)})" if wait is not None else "")
+                     + (f"; last failure: {st['last_failure']}" if st.get("last_failure") else ""))
+    for c in st.get("child_sas") or []:
+        lines.append(f"  Child SA in {c['spi_in']} out {c['spi_out']}: {c['algorithms']}, "
+                     f"rekey in {_duration(c.get('rekey_in_s'))}")
+        lines.append(f"    in  {c['in_packets']} packets, {_human_bytes(c['in_bytes'])}"
+                     + (f", {c['replay_drops']} replayed" if c.get("replay_drops") else "")
+                     + (f", {c['icv_drops']} failed ICV" if c.get("icv_drops") else ""))
+        lines.append(f"    out {c['out_packets']} packets, {_human_bytes(c['out_bytes'])}")
+        lines.append(f"    traffic: {', '.join(c['ts_local'])} <-> {', '.join(c['ts_remote'])}")
+    for event in st.get("events") or []:
+        lines.append(f"  event: {event}")
+    lines += _format_moves(st.get("moves"))
+    return lines
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _human_bytes(n: int) -> str:
@@ -226,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a self-contained tunnel in network namespaces")
     demo.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
+    demo.add_argument("--manual", action="store_true", help="manual keys instead of IKEv2 (tcp or udp)")
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the throughput test")
     demo.set_defaults(func=cmd_demo)
     return p

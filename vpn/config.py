@@ -194,6 +194,8 @@ class TransportConfig:
     local_port: int | None
     fallback_after_s: float
     tls: TlsConfig | None = None
+    mobike_wait_s: float = 3.0  # MOBIKE: UDP gets this long to answer before TCP/TLS is tried
+    udp_probe_s: float = 30.0  # MOBIKE on TCP/TLS: try UDP again this often (0: never)
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,8 @@ class IkeConfig:
     child_rekey_s: float
     ike_rekey_s: float
     fallback: str  # auto: "tcp" or "tls"
+    peer_timeout_s: float = 165.0  # an unanswered request (e.g. DPD) ends the IKE SA after this
+    mobike: bool = True  # RFC 4555: move the IKE SA between addresses and transports
 
 
 @dataclass(frozen=True)
@@ -406,6 +410,9 @@ def _ike(sec: _Section) -> IkeConfig:
         child_rekey_s=float(sec.int_range("rekey", 60, 86400, 3600)),
         ike_rekey_s=float(sec.int_range("ike_rekey", 300, 7 * 86400, 4 * 3600)),
         fallback=fallback,
+        peer_timeout_s=float(sec.int_range("peer_timeout", 2, 3600, 165,
+                                           why="seconds an unanswered request (e.g. DPD) may take")),
+        mobike=sec.get("mobike", bool, True),
     )
     sec.finish()
     return ike
@@ -511,10 +518,17 @@ def _transport(sec: _Section, mode: str) -> TransportConfig:
     fallback = sec.get("fallback_after", float, 4.0)
     if not 0.5 <= fallback <= 120:
         raise sec.error("fallback_after", f"{fallback} s is out of range", "use 0.5..120 seconds")
-    tls = _tls(sec, role, remote) if protocol in ("tls", "auto") else None
+    tls = _tls(sec, role, remote) if protocol in ("tls", "auto") or (protocol == "udp" and role == "connect") else None
+    mobike_wait = sec.get("mobike_wait", float, 3.0)
+    if not 0.5 <= mobike_wait <= 60:
+        raise sec.error("mobike_wait", f"{mobike_wait} s is out of range", "use 0.5..60 seconds")
+    udp_probe = sec.get("udp_probe", float, 30.0)
+    if udp_probe != 0 and not 2 <= udp_probe <= 3600:
+        raise sec.error("udp_probe", f"{udp_probe} s is out of range", "use 2..3600 seconds, or 0 to never probe")
     sec.finish()
     return TransportConfig(protocol=protocol, role=role, remote=remote, port=port, local=local,
-                           local_port=local_port, fallback_after_s=fallback, tls=tls)
+                           local_port=local_port, fallback_after_s=fallback, tls=tls,
+                           mobike_wait_s=mobike_wait, udp_probe_s=udp_probe)
 
 
 def _path_key(sec: _Section, k: str, *, secret: bool = False) -> Path | None:

@@ -3,8 +3,10 @@
 1. Create namespaces `vpndemo-<pid>-client` and `-server` joined by a veth pair
    (192.0.2.1 / 192.0.2.2, TEST-NET-1; fd00:d3::1 / ::2), nothing in the machine's own
    namespace changes.
-2. Generate throwaway keys, write both configs into a private temp dir.
-3. `vpn up` the server, then the client, inside their namespaces.
+2. Generate a throwaway PSK (or manual keys with --manual), write both configs into a
+   private temp dir.
+3. Start `vpn serve` (IKEv2 server) in the server namespace, then `vpn up` the client:
+   IKEv2 over TCP (RFC 9329) by default, a virtual address from the server's pool.
 4. Ping through the tunnel, run a short iperf3 throughput test both ways.
 5. Show `vpn status` of both sides, then `vpn down` and remove everything, also on
    failure or Ctrl-C.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -43,7 +46,8 @@ def _say(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, transport: str, seconds: float) -> None:
+    def __init__(self, transport: str, seconds: float, manual: bool = False) -> None:
+        self.manual = manual
         tag = f"vpndemo-{os.getpid()}"
         self.client, self.server = f"{tag}-client", f"{tag}-server"
         self.transport = transport
@@ -71,6 +75,43 @@ class Demo:
              f"({CLIENT_OUTER} <-> {SERVER_OUTER})")
 
     def configure(self) -> None:
+        if self.manual:
+            self._configure_manual()
+            return
+        psk = self.tmp / "demo.psk"
+        psk.write_text(secrets.token_urlsafe(32) + "\n")
+        os.chmod(psk, 0o600)
+        (self.tmp / "server.toml").write_text(textwrap.dedent(f"""\
+            name = "demo-s"
+            mode = "ike"
+            [tunnel]
+            addresses = ["{SERVER_INNER}/24"]
+            [server]
+            identity = "server.demo"
+            psk_file = "demo.psk"
+            tls_port = 0
+            pool4 = "10.77.0.0/24"
+            [[client]]
+            identity = "client@demo"
+            psk_file = "demo.psk"
+            """))
+        (self.tmp / "client.toml").write_text(textwrap.dedent(f"""\
+            name = "demo-c"
+            mode = "ike"
+            [transport]
+            protocol = "{self.transport}"
+            remote = "{SERVER_OUTER}"
+            [tunnel]
+            full_tunnel = false
+            routes = ["10.77.0.0/24"]
+            dns = false
+            [ike]
+            identity = "client@demo"
+            remote_identity = "server.demo"
+            psk_file = "demo.psk"
+            """))
+
+    def _configure_manual(self) -> None:
         _run(self.vpn + ["genkey", "--out-dir", str(self.tmp)])
         for role, inner, extra in (
             ("server", SERVER_INNER, 'role = "listen"'),
@@ -91,12 +132,35 @@ class Demo:
             (self.tmp / f"{role}.toml").write_text(cfg)
 
     def start(self) -> None:
+        if not self.manual:
+            self._start_server()
         for role, ns in (("server", self.server), ("client", self.client)):
-            r = _run(_ns_cmd(ns, self.vpn + ["up", str(self.tmp / f"{role}.toml"), "--new-key"]), check=False)
+            if role == "server" and not self.manual:
+                continue
+            extra = ["--new-key"] if self.manual else []
+            r = _run(_ns_cmd(ns, self.vpn + ["up", str(self.tmp / f"{role}.toml"), *extra]), check=False)
             if r.returncode != 0:
                 raise RuntimeError(f"vpn up ({role}) failed: {r.stderr.strip() or r.stdout.strip()}")
             self.up.append(ns)
             _say(f"{role}: {r.stdout.strip()}")
+
+    def _start_server(self) -> None:
+        """`vpn serve` runs in the foreground: start it and wait until it serves."""
+        log = open(self.tmp / "server.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(_ns_cmd(self.server, self.vpn + ["serve", str(self.tmp / "server.toml")]),
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self.server_proc = proc
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if b"serving" in (self.tmp / "server.log").read_bytes():
+                _say("server: vpn serve (IKEv2 responder) is listening on UDP 500/4500 and TCP 4500")
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        tail = (self.tmp / "server.log").read_text(errors="replace")[-500:]
+        raise RuntimeError(f"vpn serve did not start:\n{tail}")
 
     def ping(self) -> None:
         r = _run(_ns_cmd(self.client, ["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_INNER]), check=False)
@@ -131,10 +195,14 @@ class Demo:
     def teardown(self) -> None:
         for ns in reversed(self.up):
             _run(_ns_cmd(ns, self.vpn + ["down"]), check=False)
-        for p in self.procs:
+        for p in self.procs:  # the server first gets SIGTERM: it undoes its changes
             if p.poll() is None:
-                p.kill()
-                p.wait(5)
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
         for ns in (self.client, self.server):
             _run(["ip", "netns", "del", ns], check=False)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
@@ -146,9 +214,10 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("vpn demo needs root (it creates network namespaces and TUN devices)", file=sys.stderr)
         return 1
-    demo = Demo(args.transport, args.seconds)
-    _say(f"vpn demo: a manually keyed ESP tunnel over {args.transport.upper()} "
-         "(RFC 9329 framing over TCP), in two network namespaces")
+    demo = Demo(args.transport, args.seconds, manual=args.manual)
+    what = "a manually keyed ESP tunnel" if args.manual else "IKEv2 + ESP (PSK, virtual address from a pool)"
+    _say(f"vpn demo: {what} over {args.transport.upper()}"
+         + (" (RFC 9329 TCP encapsulation)" if args.transport == "tcp" else "") + ", in two network namespaces")
     try:
         demo.setup()
         demo.configure()

@@ -85,6 +85,7 @@ def client_policy(cfg: config.Config) -> SessionPolicy:
         dpd=DpdPolicy(interval=ike.dpd_s),
         virtual_ip=VirtualIpRequest(ipv4=True, ipv6=ike.ipv6, dns=True, required=True),
         force_udp_encapsulation=True,  # ESP always in UDP: no raw ESP socket (RFC 3948)
+        mobike=ike.mobike,
     )
 
 

@@ -261,3 +261,48 @@ def build_topology(lab: Lab) -> Topology:
     router.sysctl("net.ipv4.ip_forward", 1)
     router.sysctl("net.ipv6.conf.all.forwarding", 1)
     return t
+
+
+@dataclass
+class TwoUplinkTopology(Topology):
+    """The standard topology plus a second client uplink: client c-r2 10.201.3.2 /
+    fd00:201:3::2 <-> router r-c2 10.201.3.1 / fd00:201:3::1. `use_uplink(n)` moves the
+    client's default routes to uplink n (1 or 2) and takes the other link down, as a
+    laptop moving from one network to another does."""
+
+    client2_v4: str = "10.201.3.2"
+    client2_v6: str = "fd00:201:3::2"
+    router_client2_v4: str = "10.201.3.1"
+    router_client2_v6: str = "fd00:201:3::1"
+    client2_if: str = "c-r2"
+
+    def use_uplink(self, n: int) -> None:
+        up, down = ((self.client_if, self.client2_if) if n == 1 else (self.client2_if, self.client_if))
+        gw4, gw6 = ((self.router_client_v4, self.router_client_v6) if n == 1
+                    else (self.router_client2_v4, self.router_client2_v6))
+        self.client.ip("link", "set", up, "up")
+        self.client.ip("link", "set", down, "down")
+        deadline = time.monotonic() + 5  # the link's prefix routes appear once it is up
+        while True:
+            try:
+                self.client.ip("route", "replace", "default", "via", gw4, "dev", up)
+                self.client.ip("-6", "route", "replace", "default", "via", gw6, "dev", up)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def build_two_uplink_topology(lab: Lab) -> TwoUplinkTopology:
+    base = build_topology(lab)
+    t = TwoUplinkTopology(base.client, base.router, base.server)
+    lab.veth(t.client, t.client2_if, t.router, "r-c2")
+    for ifname in (t.client_if, t.client2_if):  # keep IPv6 addresses while a link is down
+        t.client.sysctl(f"net.ipv6.conf.{ifname}.keep_addr_on_down", 1)
+    t.client.ip("addr", "add", f"{t.client2_v4}/24", "dev", t.client2_if)
+    t.client.ip("-6", "addr", "add", f"{t.client2_v6}/64", "dev", t.client2_if, "nodad")
+    t.router.ip("addr", "add", f"{t.router_client2_v4}/24", "dev", "r-c2")
+    t.router.ip("-6", "addr", "add", f"{t.router_client2_v6}/64", "dev", "r-c2", "nodad")
+    t.client.ip("link", "set", t.client2_if, "down")
+    return t

@@ -32,7 +32,7 @@ def settle(ns: Netns, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         links = [ln.split()[0].split("@")[0] for ln in ns.run(["ip", "-br", "link"]).stdout.decode()
-                 .splitlines() if not ln.startswith("lo ")]
+                 .splitlines() if not ln.startswith("lo ") and ln.split()[1] != "DOWN"]  # a down link has none
         addrs = ns.run(["ip", "-6", "addr"]).stdout.decode()
         lladdr = [ns.run(["ip", "-6", "addr", "show", "dev", ln, "scope", "link"]).stdout.decode()
                   for ln in links]

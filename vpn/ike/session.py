@@ -48,6 +48,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vpn.ike.constants import (
+    IKE_NATT_PORT,
+    IKE_UDP_PORT,
     CertEncoding,
     CfgAttr,
     CfgType,
@@ -148,6 +150,7 @@ IKE_SPI_BYTES = 8
 ESP_SPI_BYTES = 4
 ESP_SPI_MIN = 256  # RFC 4303 §2.1: SPI values 1..255 are reserved
 ZERO_SPI = bytes(IKE_SPI_BYTES)
+NATD_HASH_BYTES = 20  # RFC 7296 §2.23: SHA-1 of SPIs, address and port
 SIGNATURE_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512)
 # RFC 7296 §2.25: after TEMPORARY_FAILURE wait before retrying; give up after a few minutes.
 TEMPORARY_FAILURE_RETRY_SECONDS = 10.0
@@ -176,6 +179,24 @@ class Outgoing:
 
     data: bytes
     remote: Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTimes:
+    """When things happen next, for a status display (read-only, on the session's clock).
+
+    `child_rekey_at` maps each installed Child SA's inbound SPI to its rekey time;
+    `last_heard` is the last authenticated message (or reported ESP) from the peer;
+    `outstanding` is the kind of our request in flight on the current IKE SA
+    ("liveness check" while a DPD runs, RFC 7296 §2.4).
+    """
+
+    ike_rekey_at: float | None
+    ike_expire_at: float | None
+    child_rekey_at: tuple[tuple[bytes, float | None], ...]
+    last_heard: float
+    dpd_due: float | None
+    outstanding: str | None
 
 
 class _NotNarrowed(NoProposalChosen):
@@ -358,6 +379,19 @@ class IkeSession:
             for c in self._children.values()
             if c.state in (ChildState.INSTALLED, ChildState.REKEYING)
         ]
+
+    def times(self) -> SessionTimes:
+        """Rekey times, liveness and the request in flight (a read-only snapshot)."""
+        sa = None if self._closed else self._sa
+        return SessionTimes(
+            ike_rekey_at=sa.rekey_at if sa else None,
+            ike_expire_at=sa.expire_at if sa else None,
+            child_rekey_at=tuple((c.spi_in, c.rekey_at) for c in self._children.values()
+                                 if c.state in (ChildState.INSTALLED, ChildState.REKEYING)),
+            last_heard=self._last_heard,
+            dpd_due=self._dpd_due(),
+            outstanding=sa.outstanding.kind if sa and sa.outstanding else None,
+        )
 
     def __repr__(self) -> str:
         role = "initiator" if self._initiator else "responder"
@@ -768,13 +802,18 @@ class IkeSession:
         return nat_detection_hash(spi_i, spi_r, addr[0], addr[1])
 
     def _natd_notifies(self, spi_i: bytes, spi_r: bytes) -> list[Payload]:
-        """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for our addresses (RFC 7296 §2.23)."""
-        src = self._natd(spi_i, spi_r, self._local)
+        """NAT_DETECTION_SOURCE_IP / _DESTINATION_IP for our addresses (RFC 7296 §2.23).
+
+        Forcing UDP encapsulation needs no local address (a server on a wildcard socket
+        does not know it): the source hash is random and never matches, so the peer
+        sees us behind a NAT. Without these notifies a peer assumes no NAT-T support and
+        never encapsulates ESP (strongSwan's kernel-libipsec then cannot install it)."""
         dst = self._natd(spi_i, spi_r, self._remote)
+        src: bytes | None = self._natd(spi_i, spi_r, self._local)
+        if self.policy.force_udp_encapsulation:
+            src = self._rng(NATD_HASH_BYTES)
         if src is None or dst is None:
             return []
-        if self.policy.force_udp_encapsulation:
-            src = self._rng(len(src))  # never matches: the peer sees us behind a NAT
         return [
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, src),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
@@ -902,6 +941,7 @@ class IkeSession:
         if remote is not None:
             self._remote = remote
         self._check_natd(payloads, sa.spi_i, sa.spi_r, remote)
+        self._move_to_natt_port()
         self._peer_frag = msg.has_notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)
         sa.fragmentation = self._peer_frag and self.policy.fragmentation
         self._read_hashes(msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS))
@@ -911,6 +951,14 @@ class IkeSession:
         sa.fsm.apply(IkeInput.RECV_INIT_RESPONSE)
         self._last_heard = now
         self._send_auth_request(sa, now)
+
+    def _move_to_natt_port(self) -> None:
+        """RFC 7296 §2.23: with a NAT detected (or faked: ESP always in UDP), the
+        initiator sends IKE_AUTH and all later messages of the SA to port 4500, with
+        the non-ESP marker; port 500 never carries UDP-encapsulated ESP (RFC 3948)."""
+        remote = self._remote
+        if not self._stream and remote is not None and remote[1] == IKE_UDP_PORT and self._udp_encap():
+            self._remote = (remote[0], IKE_NATT_PORT)
 
     def _init_failed(self, sa: IkeSa, req: Request, now: float) -> None:
         """An unauthenticated error in IKE_SA_INIT (RFC 7296 §2.21.1): over UDP wait one
@@ -2377,4 +2425,4 @@ class IkeSession:
         log.debug("%s: dropped: %s", self._sa.tag() if self._sa else "-", why)
 
 
-__all__ = ["IkeSession", "Outgoing", "invalid_major_version_reply"]
+__all__ = ["IkeSession", "Outgoing", "SessionTimes", "invalid_major_version_reply"]

@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from vpn import config
@@ -134,6 +135,7 @@ class TunnelHost:
     def _configure_links(self) -> None:
         assert self.tun is not None and self.netconf is not None
         nc, t = self.netconf, self.cfg.tunnel
+        _no_ipv6_link_local(self.tun.name)
         for addr in t.addresses:
             nc.add_address(self.tun.name, str(addr))
         nc.set_up(self.tun.name)
@@ -285,6 +287,19 @@ class TunnelHost:
 
     async def after_links_closed(self) -> None:
         """Subclasses: undo what they added beyond the journal."""
+
+
+def _no_ipv6_link_local(ifname: str) -> None:
+    """No automatic IPv6 link-local address on the TUN (addr_gen_mode 1, before it goes
+    up), as a WireGuard device has none: the kernel would otherwise send router
+    solicitations and MLD reports from it into the tunnel, outside every Child SA's
+    selectors (RFC 4301 §5.1; strongSwan drops them "due to policy"). Configured
+    addresses still work. The device dies with the daemon, so nothing to journal."""
+    path = Path("/proc/sys/net/ipv6/conf") / ifname / "addr_gen_mode"
+    try:
+        path.write_text("1\n")
+    except OSError as exc:  # IPv6 disabled in this kernel or namespace: nothing to stop
+        log.debug("cannot set %s: %s", path, exc.strerror)
 
 
 async def resolve(host: str, port: int) -> str:

@@ -189,6 +189,18 @@ class NetConf:
 
     # -- undo
 
+    def undo_one(self, op: str, **match: Any) -> bool:
+        """Undo the newest recorded change `op` whose arguments include `match` now (e.g.
+        an address that is no longer ours) and forget it; False if none matches."""
+        for i in range(len(self._stack) - 1, -1, -1):
+            change = self._stack[i]
+            if change.op == op and all(change.args.get(k) == v for k, v in match.items()):
+                self._undo(change)
+                del self._stack[i]
+                self._write_journal()
+                return True
+        return False
+
     def rollback(self) -> None:
         """Undo every change, newest first; then delete the journal.
 
