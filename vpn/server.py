@@ -518,12 +518,12 @@ class IkeServer(TunnelHost):
             "remote": remote,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.created)),
             "since_s": round(time.time() - c.created, 1),
-            "ike_sa": {"spi_i": s.spi_i.hex(), "spi_r": s.spi_r.hex(),
-                       "algorithms": str(s.algorithms) if s.algorithms else None},
+            "spi_i": s.spi_i.hex(), "spi_r": s.spi_r.hex(),
+            "algorithms": str(s.algorithms) if s.algorithms else None,
             "child_sas": c.installer.status(),
             "counters": {"packets_in": pc["rx_packets"], "bytes_in": pc["rx_bytes"],
                          "packets_out": pc["tx_packets"], "bytes_out": pc["tx_bytes"],
-                         "ts_violation": pc["ts_violation"], "path_moves": pc["moves"]},
+                         "ts_violation": pc["ts_violation"], "moves": pc["moves"]},
         }
 
     def status(self) -> dict[str, Any]:

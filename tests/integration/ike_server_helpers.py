@@ -236,6 +236,7 @@ class IkeLab:
             """) + tls + textwrap.dedent(f"""\
             [tunnel]
             full_tunnel = false
+            dns = false
             routes = [{route_list}]
             [ike]
             identity = "{identity}"

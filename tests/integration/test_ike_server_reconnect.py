@@ -42,7 +42,7 @@ table inet ikereset {{
 
 
 def sa_ids(st: dict[str, object]) -> tuple[str, str, list[str]]:
-    ike = st["ike_sa"]
+    ike = st["ike_sa"] if "ike_sa" in st else st  # the client nests it, a server's client row does not
     assert isinstance(ike, dict), st
     children = st["child_sas"]
     assert isinstance(children, list)
@@ -80,8 +80,7 @@ def test_reset_mid_transfer_keeps_the_ike_sa(lab: Lab, tmp_path: Path, protocol:
         after_c = cli.status()
         # the same IKE SA and Child SA on both sides (RFC 9329 §6.1, T35)
         assert sa_ids(after_c) == sa_ids(before_c)
-        assert sa_ids(after_s) == (before_s["ike_sa"]["spi_i"], before_s["ike_sa"]["spi_r"],
-                                   sa_ids(before_s)[2])
+        assert sa_ids(after_s) == sa_ids(before_s)
         assert after_c["sessions_started"] == 1
         events = srv.events()
         moved = [e for e in events if "return path moved to " + after_s["remote"] in e]
@@ -140,8 +139,8 @@ def test_return_path_moves_only_after_authentication(lab: Lab, tmp_path: Path) -
 
         c = srv.client("alice@test")
         assert c is not None
-        remote, moves = c["remote"], c["counters"]["path_moves"]
-        spi_i, spi_r = bytes.fromhex(c["ike_sa"]["spi_i"]), bytes.fromhex(c["ike_sa"]["spi_r"])
+        remote, moves = c["remote"], c["counters"]["moves"]
+        spi_i, spi_r = bytes.fromhex(c["spi_i"]), bytes.fromhex(c["spi_r"])
         esp_spi = bytes.fromhex(c["child_sas"][0]["spi_in"])
         forged_ike = b""
         for step in (1, 2, 3):  # new message IDs (one of them the next expected)...
@@ -162,7 +161,7 @@ def test_return_path_moves_only_after_authentication(lab: Lab, tmp_path: Path) -
             nbytes, seconds = r.stdout.decode().split()
             after = srv.client("alice@test")
             assert after is not None and after["remote"] == remote, f"{what}: the return path moved"
-            assert after["counters"]["path_moves"] == moves, f"{what}: the dataplane followed it"
+            assert after["counters"]["moves"] == moves, f"{what}: the dataplane followed it"
             if "replay" in what and int(nbytes) > 0:
                 # still the latest request: its cached response goes back where the
                 # retransmission came from (RFC 7296 §2.1); no IKE SA lives on that
