@@ -339,6 +339,7 @@ struct vpn_outq *vpn_dp_conn_outq(vpn_dp_conn *c) { return c->outq; }
 int vpn_dp_conn_fd(const vpn_dp_conn *c) { return c->fd; }
 int vpn_dp_conn_error(const vpn_dp_conn *c) { return c->error; }
 void vpn_dp_conn_get_rx_counters(const vpn_dp_conn *c, vpn_counters *out) { *out = c->rxc; }
+size_t vpn_dp_conn_rx_pending(const vpn_dp_conn *c) { return c->rx ? vpn_stream_rx_pending(c->rx) : 0; }
 
 ssize_t vpn_dp_conn_flush(vpn_dp_conn *c)
 {

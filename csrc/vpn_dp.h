@@ -110,6 +110,9 @@ struct vpn_outq *vpn_dp_conn_outq(vpn_dp_conn *c);
 int vpn_dp_conn_fd(const vpn_dp_conn *c);
 int vpn_dp_conn_error(const vpn_dp_conn *c);
 void vpn_dp_conn_get_rx_counters(const vpn_dp_conn *c, vpn_counters *out);
+/* Bytes held for a partial prefix or frame of a stream (0 for UDP): a server closes a
+ * connection whose partial frame stalls. */
+size_t vpn_dp_conn_rx_pending(const vpn_dp_conn *c);
 ssize_t vpn_dp_conn_flush(vpn_dp_conn *c);
 
 /* Read from a TCP connection's fd until EAGAIN or ~budget bytes; opened packets go to

@@ -31,7 +31,10 @@ DEFAULT_PORT = 4500  # RFC 9329 §2 (TCP), RFC 3948 (UDP)
 DEFAULT_TLS_PORT = 443
 DEFAULT_REPLAY_WINDOW = 1024
 MAX_REPLAY_WINDOW = 65536
+MIN_REKEY_S = 60  # Child SA rekey time: below a minute rekeys would dominate
+MIN_REKEY_BYTES = 1 << 20
 NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")  # also a Linux interface name (IFNAMSIZ-1)
+IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.@+-]{1,15}$")  # an interface named in nftables rules
 
 
 class ConfigError(Exception):
@@ -287,6 +290,8 @@ class ServerConfig:
     mss_clamp: bool
     clients: tuple[ClientEntry, ...]
     dpd_s: float
+    child_rekey_s: float = 3600.0  # Child SA rekey time (RFC 7296 §2.8)
+    child_rekey_bytes: int = 0  # rekey after this many inner bytes in one direction (0: off)
 
 
 @dataclass(frozen=True)
@@ -455,13 +460,31 @@ def _server(sec: _Section, top: _Section, path: Path) -> ServerConfig:
         subnets=tuple(_parse(sec, "subnets", n, lambda t: ipaddress.ip_network(t), "a prefix")
                       for n in sec.str_list("subnets")) or (ipaddress.ip_network("0.0.0.0/0"),
                                                             ipaddress.ip_network("::/0")),
-        uplink=sec.get("uplink", str),
+        uplink=_ifname(sec, "uplink"),
         mss_clamp=sec.get("mss_clamp", bool, True),
         clients=tuple(clients),
         dpd_s=float(sec.int_range("dpd", 0, 3600, 60)),
+        child_rekey_s=float(sec.int_range("rekey", MIN_REKEY_S, 86400, 3600)),
+        child_rekey_bytes=_rekey_bytes(sec),
     )
     sec.finish()
     return server
+
+
+def _ifname(sec: _Section, k: str) -> str | None:
+    """An interface name (it goes into the nftables ruleset as a quoted string)."""
+    name = sec.get(k, str)
+    if name is not None and not IFNAME_RE.match(name):
+        raise sec.error(k, f"{name!r} is not an interface name", "use the name `ip link` shows, e.g. \"eth0\"")
+    return name
+
+
+def _rekey_bytes(sec: _Section) -> int:
+    value = sec.int_range("rekey_bytes", 0, 1 << 62, 0, why="0 turns volume rekeying off")
+    if 0 < value < MIN_REKEY_BYTES:
+        raise sec.error("rekey_bytes", f"{value} is too small",
+                        f"use 0 (off) or at least {MIN_REKEY_BYTES} (1 MiB): each rekey is an exchange")
+    return value
 
 
 def _tunnel(sec: _Section, name: str) -> TunnelConfig:

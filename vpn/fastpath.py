@@ -853,6 +853,10 @@ class DpConn:
             lib.vpn_dp_conn_get_rx_counters(self.handle, self._rxc)
         return _counters(self._rxc[0])
 
+    def rx_pending(self) -> int:
+        """Bytes of a partial prefix or frame held by the deframer (0 once closed)."""
+        return int(lib.vpn_dp_conn_rx_pending(self.handle)) if self.handle is not None else 0
+
 
 class DpPeer:
     """A remote end: its outbound SA, its current connection and (UDP) address."""

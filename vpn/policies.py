@@ -112,6 +112,7 @@ def server_policy(cfg: config.Config) -> tuple[SessionPolicy, PoolAllocator]:
         local_id=Identity.parse(srv.identity),
         authenticator=auth,
         child=ChildPolicy(local_ts=local_ts),
+        lifetimes=Lifetimes(child_rekey_seconds=srv.child_rekey_s, child_lifetime_seconds=srv.child_rekey_s * 1.1),
         dpd=DpdPolicy(interval=srv.dpd_s),
         allocator=allocator,
         require_virtual_ip=False,

@@ -109,10 +109,12 @@ class ChildInstaller:
     """Child SA events -> C SAs for one peer (RFC 7296 §2.8: accept on the old inbound SA
     until it is deleted, send on the new one at once)."""
 
-    def __init__(self, dp: fp.Dataplane, peer: fp.DpPeer, *, replay_window: int = 1024) -> None:
+    def __init__(self, dp: fp.Dataplane, peer: fp.DpPeer, *, replay_window: int = 1024,
+                 soft_bytes: int = 0) -> None:
         self.dp = dp
         self.peer = peer
         self.replay_window = replay_window
+        self.soft_bytes = soft_bytes  # per direction: the dataplane flags the SA for a rekey
         self.children: dict[int, ChildSaInfo] = {}  # inbound SPI -> info
         self.outbound: dict[int, fp.FastSa] = {}  # inbound SPI -> its outbound partner
 
@@ -123,9 +125,10 @@ class ChildInstaller:
         spi_in = int.from_bytes(child.spi_in, "big")
         spi_out = int.from_bytes(child.spi_out, "big")
         inb = fp.FastSa(SaParams(spi=spi_in, key=child.keys_in.encr_key, salt=child.keys_in.salt,
-                                 esn=alg.esn, replay_window=self.replay_window), outbound=False)
+                                 esn=alg.esn, replay_window=self.replay_window,
+                                 soft_bytes=self.soft_bytes), outbound=False)
         out = fp.FastSa(SaParams(spi=spi_out, key=child.keys_out.encr_key, salt=child.keys_out.salt,
-                                 esn=alg.esn), outbound=True)
+                                 esn=alg.esn, soft_bytes=self.soft_bytes), outbound=True)
         self.dp.install_inbound(inb)
         # RFC 4301 §5.2: what arrives on this SA must come from the peer's selectors
         self.dp.bind_spi(spi_in, self.peer, _ts_ranges(child.ts_remote))

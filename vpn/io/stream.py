@@ -8,6 +8,9 @@
 4. Writing: one ordered queue per connection, owned by C; when the socket is full the
    remainder waits for writability and the TUN reader pauses above the high-water mark.
 5. Only the client reconnects (with backoff, §6.1); the server never connects out.
+6. The accepting side defends itself (StreamServer, ListenerLimits): the prefix and a
+   first message in time, a cap on unauthenticated connections, no stalled partial
+   frame, no connection left without an IKE SA.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vpn import fastpath as fp
 from vpn.framing import PREFIX
@@ -65,6 +69,8 @@ class StreamLink:
         self.on_rx = on_rx
         self.on_drained = on_drained
         self.opened_at = time.monotonic()
+        self.last_rx_at = self.opened_at  # the socket was last readable (bytes or EOF)
+        self.first_message = False  # set by the owner: a whole IKE or ESP message arrived
         self.authenticated = False  # set by the owner once a message authenticated here
         self.closed = asyncio.get_running_loop().create_future()
         self.peername = _peer(sock)
@@ -74,7 +80,7 @@ class StreamLink:
         self._open = True
         if originator:
             self.conn.send_raw(PREFIX)  # RFC 9329 §4, §6.1: first bytes, once per connection
-        loop.add_reader(sock.fileno(), self._readable)
+        loop.add_reader(sock.fileno(), self._on_readable)
         self.flush()
 
     @property
@@ -109,10 +115,18 @@ class StreamLink:
         if self.on_drained is not None and not self.conn.above_high_water():
             self.on_drained()
 
+    def rx_partial(self) -> int:
+        """Bytes received that do not make a whole prefix or frame yet."""
+        return self.conn.rx_pending()
+
     def check_error(self) -> None:
         """Close if the dataplane saw a write error on this connection."""
         if self._open and self.conn.error:
             self.close(f"write failed: errno {self.conn.error}")
+
+    def _on_readable(self) -> None:
+        self.last_rx_at = time.monotonic()
+        self._readable()
 
     def _readable(self) -> None:
         st, ike, err = self.conn.rx()
@@ -174,27 +188,55 @@ async def open_connection(host: str, port: int, *, mark: int = 0, local: str | N
     raise last or OSError(f"cannot resolve {host}")
 
 
+@dataclass(frozen=True)
+class ListenerLimits:
+    """How the TCP responder defends itself (RFC 9329 §6.1, §6.3, §10).
+
+    - `first_message_s`: the "IKETCP" prefix and one whole IKE (or authenticated ESP)
+      message must arrive within this time after the connection opens.
+    - `handshake_s`: a connection on which nothing authenticated within this time is
+      closed (bounds what an unauthenticated peer can hold).
+    - `orphan_s`: a connection that carries no IKE SA (none was made on it, or its SA
+      ended) is closed after this time (T34: "a few seconds").
+    - `partial_frame_s`: a partial prefix, frame or TLS record with no further byte
+      for this time is discarded with its connection (§6.1: discard partial messages).
+    - `max_unauthenticated`: at most this many connections that have not authenticated
+      yet; the oldest is evicted when a new one comes.
+    """
+
+    first_message_s: float = 10.0
+    handshake_s: float = 30.0
+    orphan_s: float = 5.0
+    partial_frame_s: float = 10.0
+    max_unauthenticated: int = 64
+    sweep_s: float = 0.5
+
+
 class StreamServer:
     """The TCP responder: accepts connections, never connects out (RFC 9329 §6.1).
 
-    Defends itself: a connection that has not authenticated anything within
-    `auth_timeout_s` is closed, and at most `max_unauthenticated` unauthenticated
-    connections are kept (the oldest is evicted), so idle or hostile connections
-    cannot exhaust the daemon.
+    Every connection is on its own (non-blocking, driven by the event loop), so a slow
+    or silent one never delays another's handshake; the limits in `ListenerLimits`
+    close the ones that do not make progress. `has_sa(link)` tells whether a
+    connection carries a live IKE SA (the owner knows); without it the orphan rule
+    is off.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  on_accept: Callable[[socket.socket], StreamLink | None], *,
-                 auth_timeout_s: float = 10.0, max_unauthenticated: int = 64) -> None:
+                 limits: ListenerLimits | None = None,
+                 has_sa: Callable[[StreamLink], bool] | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.on_accept = on_accept
-        self.auth_timeout_s = auth_timeout_s
-        self.max_unauthenticated = max_unauthenticated
-        self.links: list[StreamLink] = []
+        self.limits = limits or ListenerLimits()
+        self.has_sa = has_sa
+        self.links: list[StreamLink] = []  # in accept order: the oldest first
+        self.closed_by_rule: dict[str, int] = {}
+        self._orphan_since: dict[StreamLink, float] = {}
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._accept)
-        self._sweeper = loop.call_later(1.0, self._sweep)
+        self._sweeper = loop.call_later(self.limits.sweep_s, self._sweep)
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -211,22 +253,45 @@ class StreamServer:
             self.links.append(link)
             link.closed.add_done_callback(self._forgetter(link))
             unauth = [lk for lk in self.links if not lk.authenticated and lk.is_open]
-            if len(unauth) > self.max_unauthenticated:
-                unauth[0].close("evicted: too many unauthenticated connections")
+            if len(unauth) > self.limits.max_unauthenticated:
+                self._close(unauth[0], "evicted", "evicted: too many unauthenticated connections")
 
     def _forgetter(self, link: StreamLink) -> Callable[[asyncio.Future[str]], None]:
         def forget(_f: asyncio.Future[str]) -> None:
             if link in self.links:
                 self.links.remove(link)
+            self._orphan_since.pop(link, None)
 
         return forget
 
+    def _close(self, link: StreamLink, rule: str, reason: str) -> None:
+        self.closed_by_rule[rule] = self.closed_by_rule.get(rule, 0) + 1
+        link.close(reason)
+
     def _sweep(self) -> None:
+        self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
         now = time.monotonic()
+        lim = self.limits
         for link in list(self.links):
-            if not link.authenticated and now - link.opened_at > self.auth_timeout_s:
-                link.close(f"nothing authenticated within {self.auth_timeout_s:.0f} s")
-        self._sweeper = self.loop.call_later(1.0, self._sweep)
+            if not link.is_open:
+                continue
+            age = now - link.opened_at
+            if not link.first_message and not link.authenticated and age > lim.first_message_s:
+                self._close(link, "no_first_message", f"no IKE message within {lim.first_message_s:g} s")
+            elif not link.authenticated and age > lim.handshake_s:
+                self._close(link, "handshake_timeout", f"nothing authenticated within {lim.handshake_s:g} s")
+            elif link.rx_partial() and now - link.last_rx_at > lim.partial_frame_s:
+                self._close(link, "partial_frame", f"a partial frame stalled for {lim.partial_frame_s:g} s")
+            elif self.has_sa is not None and (link.first_message or link.authenticated):
+                if self.has_sa(link):
+                    self._orphan_since.pop(link, None)
+                else:
+                    since = self._orphan_since.setdefault(link, now)
+                    if now - since > lim.orphan_s:
+                        self._close(link, "orphan", "no IKE SA on this connection (RFC 9329 §6.1)")
+
+    def unauthenticated(self) -> int:
+        return sum(1 for lk in self.links if lk.is_open and not lk.authenticated)
 
     def close(self) -> None:
         self._sweeper.cancel()

@@ -33,6 +33,7 @@ log = logging.getLogger("vpn.io")
 
 TLS_READ_CHUNK = 256 * 1024
 TLS_MAX_UNSENT = 2 << 20  # ciphertext waiting for the socket; above it C's queue backs up
+SESSION_READS = 16  # reads after the handshake that look for a (new) session ticket
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class TlsLink(StreamLink):
         self._on_session = on_session
         self._on_handshake = on_handshake
         self.session_reused = False
+        self._session_reads = 0
         self.tls_version: str | None = None
         server_name = self._settings.server_name if originator else None
         self.ssl = context.wrap_bio(self._in, self._out_bio, server_side=not originator,
@@ -137,6 +139,10 @@ class TlsLink(StreamLink):
             self._feed(bytes(plain))
         self.flush()
 
+    def rx_partial(self) -> int:
+        """A partial TLS record counts as much as a partial frame."""
+        return self._in.pending + self.conn.rx_pending()
+
     def _feed(self, plain: bytes) -> None:
         off = 0
         while off < len(plain):
@@ -176,8 +182,16 @@ class TlsLink(StreamLink):
         return True
 
     def _remember_session(self) -> None:
-        if self.originator and self._on_session is not None and self.ssl.session is not None:
-            self._on_session(self.ssl.session)
+        """TLS 1.3 tickets come in the server's first records after the handshake, so
+        the session is read only on the first reads: `SSLObject.session` allocates a
+        copy on each access (CPython 3.11 leaks it), once per read would grow the
+        client by megabytes a second under load."""
+        if not self.originator or self._on_session is None or self._session_reads >= SESSION_READS:
+            return
+        self._session_reads += 1
+        session = self.ssl.session
+        if session is not None:
+            self._on_session(session)
 
     # -- writing -----------------------------------------------------------------------
     def flush(self) -> None:

@@ -1,0 +1,179 @@
+"""The outer connection breaks and comes back (RFC 9329 §6.1, Appendix B).
+
+- A middlebox resets the TCP (or TLS) connection in the middle of a transfer: the
+  client, the TCP Originator, reconnects; the IKE SA and its Child SA survive (the same
+  SPIs on both sides); the server moves its return path to the new connection; the
+  transfer completes byte for byte; over TLS the session is resumed.
+- The server moves its return path only after a message authenticated on the new
+  connection (§6.1, T44/T46): a connection that brings garbage under the client's IKE
+  or ESP SPIs, or a replay of a request the client really sent, moves nothing; the
+  listener closes it (no IKE SA on it, T34) and the client's tunnel keeps working.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .ike_server_helpers import SERVER_INNER, TimedTransfer, build_ike_topology, ike_lab, ping, wait_until
+from .manual import MB, Capture, split_frames, tcp_payload
+from .netns import Lab
+
+pytestmark = pytest.mark.netns
+
+TOTAL = 64 * MB
+RATE = 16 * MB  # bytes/s: ~4 s, so the reset lands in the middle
+OUTAGE_S = 1.0
+
+
+def reset_rules(port: int) -> str:
+    return f"""
+table inet ikereset {{
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        tcp dport {port} reject with tcp reset
+        tcp sport {port} reject with tcp reset
+    }}
+}}
+"""
+
+
+def sa_ids(st: dict[str, object]) -> tuple[str, str, list[str]]:
+    ike = st["ike_sa"] if "ike_sa" in st else st  # the client nests it, a server's client row does not
+    assert isinstance(ike, dict), st
+    children = st["child_sas"]
+    assert isinstance(children, list)
+    return ike["spi_i"], ike["spi_r"], sorted(c["spi_in"] + "/" + c["spi_out"] for c in children)
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "tls"])
+def test_reset_mid_transfer_keeps_the_ike_sa(lab: Lab, tmp_path: Path, protocol: str) -> None:
+    topo = build_ike_topology(lab)
+    port = 443 if protocol == "tls" else 4500
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server()
+        cli = ik.client(topo.client, "alice@test", protocol=protocol)
+        cli.up()
+        ping(topo.client, SERVER_INNER)
+        before_c = cli.status()
+        before_s = srv.client("alice@test")
+        assert before_s is not None
+        first_remote = before_s["remote"]
+
+        run = TimedTransfer(topo.client, topo.server, SERVER_INNER, TOTAL, rate=RATE)
+        run.wait_progress(TOTAL // 4)
+        topo.router.nft(reset_rules(port))
+        try:
+            wait_until(lambda: any("connection lost" in e for e in cli.status()["events"]),
+                       "the client to see the reset", timeout=10)
+            time.sleep(OUTAGE_S)
+        finally:
+            topo.router.run(["nft", "delete", "table", "inet", "ikereset"])
+        assert run.received < TOTAL, "the transfer ended before the reset: nothing was tested"
+        run.finish().assert_intact(TOTAL)
+
+        after_s = wait_until(lambda: (c := srv.client("alice@test")) and c["connected"]
+                             and c["remote"] != first_remote and c, "the server's new return path")
+        after_c = cli.status()
+        # the same IKE SA and Child SA on both sides (RFC 9329 §6.1, T35)
+        assert sa_ids(after_c) == sa_ids(before_c)
+        assert sa_ids(after_s) == sa_ids(before_s)
+        assert after_c["sessions_started"] == 1
+        events = srv.events()
+        moved = [e for e in events if "return path moved to " + after_s["remote"] in e]
+        assert moved and "authenticated there" in moved[-1], events
+        assert after_s["transport"] == protocol
+        if protocol == "tls":
+            assert after_c["tls"]["handshakes"] >= 2 and after_c["tls"]["resumed"] >= 1, after_c["tls"]
+        ping(topo.client, SERVER_INNER)
+        ping(topo.server, after_c["virtual_ip"][0].split("/")[0])
+        cli.down()
+
+
+def ike_frames(stream: bytes) -> list[bytes]:
+    """The IKE messages of one direction of an RFC 9329 stream (Non-ESP marker stripped)."""
+    frames, _rest = split_frames(stream)
+    return [f[4:] for f in frames if f[:4] == b"\0\0\0\0"]
+
+
+INJECT = r"""
+import socket, sys, time
+host, hexframes = sys.argv[1], sys.argv[2:]
+s = socket.create_connection((host, 4500), timeout=5)
+s.sendall(b"IKETCP" + b"".join(bytes.fromhex(h) for h in hexframes))
+s.settimeout(10)
+got, t0 = b"", time.monotonic()
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+except (TimeoutError, ConnectionResetError):
+    pass
+print(len(got), round(time.monotonic() - t0, 1), flush=True)
+"""
+
+
+def frame(msg: bytes, *, ike: bool) -> bytes:
+    body = (b"\0\0\0\0" + msg) if ike else msg
+    return (len(body) + 2).to_bytes(2, "big") + body
+
+
+def test_return_path_moves_only_after_authentication(lab: Lab, tmp_path: Path) -> None:
+    topo = build_ike_topology(lab)
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server()
+        cli = ik.client(topo.client, "alice@test", protocol="tcp", dpd=1)
+        cap = Capture(topo.router, "r-s", "tcp port 4500", tmp_path / "ike.pcap")
+        cli.up()
+        # an idle tunnel: the client's DPD sends INFORMATIONAL requests
+        time.sleep(2.5)
+        packets = cap.stop()
+        requests = [m for m in ike_frames(tcp_payload(packets, 4500)) if m[19] & 0x20 == 0 and m[18] == 37]
+        assert requests, "no INFORMATIONAL request from the client was captured"
+        replay = requests[-1]
+
+        c = srv.client("alice@test")
+        assert c is not None
+        remote, moves = c["remote"], c["counters"]["moves"]
+        spi_i, spi_r = bytes.fromhex(c["spi_i"]), bytes.fromhex(c["spi_r"])
+        esp_spi = bytes.fromhex(c["child_sas"][0]["spi_in"])
+        forged_ike = b""
+        for step in (1, 2, 3):  # new message IDs (one of them the next expected)...
+            forged = bytearray(replay)
+            forged[20:24] = (int.from_bytes(replay[20:24], "big") + step).to_bytes(4, "big")
+            forged[-16:] = bytes(16)  # ...whose ICV cannot be right
+            forged_ike += frame(bytes(forged), ike=True)
+        forged_esp = esp_spi + (10**6).to_bytes(4, "big") + bytes(100)
+        cases = {
+            "garbage IKE under the client's SPIs": forged_ike,
+            "garbage ESP under the client's SPI": frame(forged_esp, ike=False),
+            "a replay of the client's last request": frame(replay, ike=True),
+        }
+        assert replay[:16] == spi_i + spi_r
+        orphans = 0
+        for what, data in cases.items():
+            r = topo.client.run([sys.executable, "-c", INJECT, topo.server_v4, data.hex()], timeout=30)
+            nbytes, seconds = r.stdout.decode().split()
+            after = srv.client("alice@test")
+            assert after is not None and after["remote"] == remote, f"{what}: the return path moved"
+            assert after["counters"]["moves"] == moves, f"{what}: the dataplane followed it"
+            if "replay" in what and int(nbytes) > 0:
+                # still the latest request: its cached response goes back where the
+                # retransmission came from (RFC 7296 §2.1); no IKE SA lives on that
+                # connection, so it is closed after T34's delay
+                assert 4 < float(seconds) < 9, f"{what}: closed after {seconds} s"
+                orphans += 1
+            else:
+                # an older request (DPD went on) is out of the window, like the garbage:
+                # RFC 9329 §6.1 (T47): an authentication failure closes a new connection
+                assert int(nbytes) == 0 and float(seconds) < 2, f"{what}: {nbytes} bytes, {seconds} s"
+            ping(topo.client, SERVER_INNER, count=2)
+        closed = srv.status()["listener"]["closed"]
+        assert closed.get("orphan", 0) == orphans and closed.get("auth_failed") == len(cases) - orphans, closed
+        assert any("return path moved" in e for e in srv.events()) is False
+        cli.down()
