@@ -289,6 +289,23 @@ def test_transport_changed_resends_the_same_bytes() -> None:
     assert peek_header(sent[2].data).message_id == 1
 
 
+def test_reconnecting_does_not_extend_the_response_timeout() -> None:
+    """RFC 9329 §6.2: the initiator keeps waiting across new connections. A server that
+    lost the SA closes every new connection; reconnecting must not postpone the end."""
+    rt = RetransmitPolicy(tcp_timeout=20.0)
+    net = pair(client_policy(retransmit=rt), stream=True)
+    net.drop = lambda sent: sent.src == "server"  # the answer never comes
+    net.client.session.initiate(net.now)
+    for _ in range(5):  # a new connection every 5 s, each gets the request again
+        net.run(seconds=5)
+        if net.client.session.closed:
+            break
+        net.client.session.transport_changed(net.now, stream=True, local=("192.0.2.10", 50000 + _))
+    closed = the(net.client.events, IkeSaClosed)
+    assert closed.reason is CloseReason.TIMEOUT
+    assert len(net.sent_by("client")) >= 4  # it was resent on every new connection
+
+
 # --------------------------------------------------------------------------- failures
 
 

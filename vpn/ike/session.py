@@ -508,6 +508,10 @@ class IkeSession:
         changed_path = (
             stream != self._stream or local not in (None, self._local) or remote not in (None, self._remote)
         )
+        # RFC 9329 §6.2: from one connection to the next the initiator "keeps waiting": the
+        # response timeout runs on, so a server that lost the SA (and closes each new
+        # connection) cannot keep us waiting forever by being reconnected to.
+        keep_waiting = stream and self._stream
         self._stream = stream
         if local is not None:
             self._local = local
@@ -521,7 +525,7 @@ class IkeSession:
             req.remote = self._remote
             if req.kind == TaskKind.MOBIKE_UPDATE.value and changed_path:
                 self._mobike_redo = True
-            self._resend(sa, req, now, restart=True)
+            self._resend(sa, req, now, restart=True, keep_deadline=keep_waiting)
             resent = True
         if not resent and self._initiator and self.state is IkeState.ESTABLISHED:
             if self._mobike:
@@ -2213,8 +2217,10 @@ class IkeSession:
         sa.outstanding = Request(mid, exchange, packets, handler, kind, self._remote, self._deadline(now, 0))
         self._out += [Outgoing(p, self._remote) for p in packets]
 
-    def _resend(self, sa: IkeSa, req: Request, now: float, *, restart: bool) -> None:
-        if restart:
+    def _resend(self, sa: IkeSa, req: Request, now: float, *, restart: bool, keep_deadline: bool = False) -> None:
+        if keep_deadline:
+            pass
+        elif restart:
             req.deadline = self._deadline(now, 0)
         else:
             req.attempts += 1
