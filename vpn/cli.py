@@ -185,6 +185,8 @@ def format_status(name: str, st: dict[str, Any]) -> str:
     lines = [f"{name}: {st.get('state', '?')}"]
     if st.get("role") == "client":
         return "\n".join(lines + _format_client(st))
+    if st.get("role") == "server":
+        return "\n".join(lines + _format_server(st))
     for key in ("mode", "transport", "role", "remote", "peer", "device", "mtu", "uptime_s"):
         if st.get(key) is not None:
             lines.append(f"  {key}: {st[key]}")
@@ -200,6 +202,33 @@ def format_status(name: str, st: dict[str, Any]) -> str:
     for event in st.get("events") or []:
         lines.append(f"  event: {event}")
     return "\n".join(lines)
+
+
+def _format_server(st: dict[str, Any]) -> list[str]:
+    """The IKE server's status: one block per client, then listener counters and events."""
+    clients = st.get("clients") or []
+    lines = [f"  identity: {st.get('identity')}, device {st.get('device')}, up {_duration(st.get('uptime_s'))}",
+             f"  clients: {len(clients)} connected, {st.get('clients_closed', 0)} gone, "
+             f"{st.get('half_open', 0)} half-open"]
+    for c in clients:
+        k = c.get("counters") or {}
+        vip = ", ".join(c.get("virtual_ip") or []) or "-"
+        lines.append(f"  client {c.get('identity')}: {vip} over {str(c.get('transport')).upper()} from "
+                     f"{c.get('remote')}" + ("" if c.get("connected", True) else " (connection lost)"))
+        lines.append(f"    IKE SA {c.get('spi_i')}/{c.get('spi_r')} {c.get('algorithms')}, "
+                     f"since {_duration(c.get('since_s'))}")
+        for ch in c.get("child_sas") or []:
+            lines.append(f"    Child SA in {ch['spi_in']} out {ch['spi_out']} {ch['algorithms']}")
+        lines.append(f"    in {k.get('packets_in', 0)} packets, {_human_bytes(k.get('bytes_in', 0))}; "
+                     f"out {k.get('packets_out', 0)} packets, {_human_bytes(k.get('bytes_out', 0))}"
+                     + (f"; {k['ts_violation']} spoofed dropped" if k.get("ts_violation") else ""))
+        lines += ["  " + m for m in _format_moves(c.get("path_moves"))]
+    closed = (st.get("listener") or {}).get("closed") or {}
+    if any(closed.values()):
+        lines.append("  listener closed: " + ", ".join(f"{r}={n}" for r, n in sorted(closed.items()) if n))
+    for event in st.get("events") or []:
+        lines.append(f"  event: {event}")
+    return lines
 
 
 def _format_moves(moves: Any) -> list[str]:

@@ -80,6 +80,7 @@ class ClientState:
     udp_local_port: int = NATT_PORT  # UDP: answer from the port the client used (500/4500)
     in_packets: int = 0
     rekeying: set[bytes] = field(default_factory=set)
+    moves: list[dict[str, Any]] = field(default_factory=list)  # return-path moves, for status
     # highest request message ID that authenticated, per IKE SA (SPIi || SPIr): a request
     # at or below it is a retransmission and moves nothing (RFC 9329 §6.1, T44)
     request_ids: dict[bytes, int] = field(default_factory=dict)
@@ -307,20 +308,29 @@ class IkeServer(TunnelHost):
             client.udp_remote = remote
             client.peer.set_addr(*self.udp4500.dest(*remote))  # ESP goes there too
             if client.stream:  # MOBIKE moved the SA from a stream to UDP (RFC 9329 §7.1)
+                frm = client.transport
                 client.link, client.transport = None, "udp"
                 client.peer.set_conn(self.udp4500.conn)
-                self.event(f"{client.identity}: return path moved to UDP {_fmt(remote)}")
+                self._note_move(client, frm, "udp", f"IKE authenticated over UDP from {_fmt(remote)}")
 
     def _move_to(self, client: ClientState, link: StreamLink, why: str) -> None:
         """RFC 9329 §6.1: send on `link` from now on; an outstanding request of ours is
         resent there (§6.2). The old connection stays until the client closes it."""
+        frm = client.transport
         client.link = link
         client.transport = _kind(link)
         client.peer.set_conn(link.conn)
-        self.event(f"{client.identity}: return path moved to {_fmt(link.peername)} ({why} authenticated there)")
+        self._note_move(client, frm, client.transport, f"{why} authenticated on {_fmt(link.peername)}")
         ep = client.endpoint
         if not ep.closed and client.session.established:
             ep.command(client.session.transport_changed, stream=True, remote=_addr(link.peername or ("", 0)))
+
+    def _note_move(self, client: ClientState, frm: str, to: str, reason: str) -> None:
+        """One log line and one status entry per move of a client's return path."""
+        client.moves.append({"time": time.strftime("%H:%M:%S"), "at": round(time.time(), 3),
+                             "from": frm, "to": to, "reason": reason})
+        del client.moves[:-20]
+        self.event(f"{client.identity}: moved from {frm.upper()} to {to.upper()}: {reason}")
 
     def on_link_rx(self, link: StreamLink) -> None:
         """ESP that opened on `link` may have moved a peer's return path in C."""
@@ -521,6 +531,7 @@ class IkeServer(TunnelHost):
             "spi_i": s.spi_i.hex(), "spi_r": s.spi_r.hex(),
             "algorithms": str(s.algorithms) if s.algorithms else None,
             "child_sas": c.installer.status(),
+            "path_moves": list(c.moves),
             "counters": {"packets_in": pc["rx_packets"], "bytes_in": pc["rx_bytes"],
                          "packets_out": pc["tx_packets"], "bytes_out": pc["tx_bytes"],
                          "ts_violation": pc["ts_violation"], "moves": pc["moves"]},

@@ -20,7 +20,7 @@ import pytest
 
 from .conftest import require_netns
 from .ike import CLIENT_INNER, SERVER_INNER, IkeTunnel, ike_tunnel
-from .manual import TransferRun
+from .manual import VPN, TransferRun
 from .netns import Lab, TwoUplinkTopology, build_two_uplink_topology
 from .test_tls_transport import make_cert
 
@@ -88,6 +88,8 @@ def _move_and_back(vpn: IkeTunnel, t: TwoUplinkTopology, fallback: str, *, nat: 
     assert srv1["transport"] == fallback and (srv1["spi_i"], srv1["spi_r"]) == (srv0["spi_i"], srv0["spi_r"])
     expected_src = "10.201.2.102" if nat else t.client2_v4
     assert expected_src in str(srv1["remote"]), srv1["remote"]
+    srv_move = srv1["path_moves"][-1]  # the server's status shows the move, with time and reason
+    assert (srv_move["from"], srv_move["to"]) == ("udp", fallback) and srv_move["time"]
     run.wait_progress((run.received or 0) + (4 << 20))  # data flows over the stream
 
     # 2. UDP works again: the client's probe moves it back and closes the stream
@@ -98,6 +100,10 @@ def _move_and_back(vpn: IkeTunnel, t: TwoUplinkTopology, fallback: str, *, nat: 
     assert _spis(st2) == before and st2["virtual_ip"] == vip
     srv2, _ = _wait_server(vpn, lambda c: c["transport"] == "udp", 10)
     assert expected_src in str(srv2["remote"])
+    assert (srv2["path_moves"][-1]["from"], srv2["path_moves"][-1]["to"]) == (fallback, "udp")
+    text = vpn.server.ns.run(["env", f"VPN_RUN_DIR={vpn.server.run_dir}", *VPN, "status"],
+                             check=False).stdout.decode()
+    assert f"{fallback.upper()} -> UDP" in text, text
     assert st2["connections"] == 0  # RFC 9329 §7.1 (T76): the old stream is closed
     result = run.finish()
     result.assert_intact(48 << 20)
