@@ -311,7 +311,7 @@ class IkeServer(TunnelHost):
                 frm = client.transport
                 client.link, client.transport = None, "udp"
                 client.peer.set_conn(self.udp4500.conn)
-                self._note_move(client, frm, "udp", f"IKE authenticated over UDP from {_fmt(remote)}")
+                self._note_move(client, frm, "udp", f"UDP {_fmt(remote)}", "IKE")
 
     def _move_to(self, client: ClientState, link: StreamLink, why: str) -> None:
         """RFC 9329 §6.1: send on `link` from now on; an outstanding request of ours is
@@ -320,17 +320,18 @@ class IkeServer(TunnelHost):
         client.link = link
         client.transport = _kind(link)
         client.peer.set_conn(link.conn)
-        self._note_move(client, frm, client.transport, f"{why} authenticated on {_fmt(link.peername)}")
+        self._note_move(client, frm, client.transport, str(_fmt(link.peername)), why)
         ep = client.endpoint
         if not ep.closed and client.session.established:
             ep.command(client.session.transport_changed, stream=True, remote=_addr(link.peername or ("", 0)))
 
-    def _note_move(self, client: ClientState, frm: str, to: str, reason: str) -> None:
+    def _note_move(self, client: ClientState, frm: str, to: str, where: str, why: str) -> None:
         """One log line and one status entry per move of a client's return path."""
         client.moves.append({"time": time.strftime("%H:%M:%S"), "at": round(time.time(), 3),
-                             "from": frm, "to": to, "reason": reason})
+                             "from": frm, "to": to, "reason": f"{why} authenticated on {where}"})
         del client.moves[:-20]
-        self.event(f"{client.identity}: moved from {frm.upper()} to {to.upper()}: {reason}")
+        self.event(f"{client.identity}: return path moved to {where} ({why} authenticated there; "
+                   f"{frm.upper()} -> {to.upper()})")
 
     def on_link_rx(self, link: StreamLink) -> None:
         """ESP that opened on `link` may have moved a peer's return path in C."""
@@ -383,9 +384,19 @@ class IkeServer(TunnelHost):
                 link.send_ike(out.data)
             # else: the client reconnects (RFC 9329 §6.1); transport_changed() resends
             return
-        remote = client.udp_remote or out.remote
+        remote = self._udp_path(client) or out.remote
         if remote is not None:
             self._send_udp(out.data, remote, from_port=client.udp_local_port)
+
+    def _udp_path(self, client: ClientState) -> tuple[str, int] | None:
+        """Where a UDP client's traffic last authenticated: RFC 7296 §2.23, a host not
+        behind a NAT sends everything to the address of the last valid packet, and C
+        follows ESP (so it may know a newer address than the last IKE message)."""
+        if client.udp_local_port == NATT_PORT:
+            esp = client.peer.addr()
+            if esp is not None:
+                client.udp_remote = _addr(esp)
+        return client.udp_remote
 
     def _send_raw(self, out: Outgoing, via: StreamLink | None, local_port: int) -> None:
         if via is not None:
@@ -518,7 +529,7 @@ class IkeServer(TunnelHost):
         if c.stream:
             remote = _fmt(link.peername) if link else None
         else:
-            remote = _fmt(c.udp_remote)
+            remote = _fmt(self._udp_path(c))
         return {
             "identity": str(c.identity) if c.identity else None,
             "state": s.state.name.lower(),

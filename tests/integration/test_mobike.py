@@ -231,3 +231,25 @@ def test_a_forged_update_moves_nothing(two_uplinks: TwoUplinkTopology, tmp_path:
         assert after["remote"] == before["remote"]
         assert after["counters"]["moves"] == before["counters"]["moves"]
         vpn.ping(SERVER_INNER)
+
+
+def test_without_mobike_the_client_says_so_and_the_server_follows(two_uplinks: TwoUplinkTopology,
+                                                                  tmp_path: Path) -> None:
+    """A client that does not negotiate MOBIKE keeps the connection-level behaviour: it
+    says so, and over UDP the server follows its authenticated new address (RFC 7296
+    §2.23) so the tunnel keeps working."""
+    t = two_uplinks
+    cfg = _client_cfg("tcp")
+    cfg["ike_extra"] += "\nmobike = false"
+    with ike_tunnel(t, tmp_path, **cfg) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        st0 = vpn.client.status()
+        assert st0["mobike"] is False
+        t.use_uplink(2)
+        st, _ = vpn.wait_status(lambda s: any("did not negotiate MOBIKE" in e for e in s["events"]), 20,
+                                "the no-MOBIKE notice")
+        assert _spis(st) == _spis(st0)
+        vpn.ping(SERVER_INNER)  # ESP from the new address authenticates; the server follows it
+        srv, _ = _wait_server(vpn, lambda c: t.client2_v4 in str(c["remote"]), 10)
+        assert srv["transport"] == "udp"
