@@ -49,6 +49,25 @@ def test_pool_is_stable_per_identity_and_skips_reserved() -> None:
     assert pool.allocate(alice, ipv4=False, ipv6=False, requested=()) is None
 
 
+def test_pool_address_stays_held_while_a_newer_lease_holds_it() -> None:
+    """A client's new IKE SA gets its address while the old SA still holds it; when
+    the old one goes (INITIAL_CONTACT, expiry) the address must stay taken."""
+    pool = PoolAllocator("10.0.0.0/30", exclude=["10.0.0.2"])  # one usable address: .1
+    alice, bob = Identity.email("a@x"), Identity.email("b@x")
+    old = pool.allocate(alice, ipv4=True, ipv6=False, requested=())
+    new = pool.allocate(alice, ipv4=True, ipv6=False, requested=())
+    assert old is not None and new is not None and old.addresses == new.addresses
+    pool.release(alice, old)
+    assert pool.in_use() == {ipaddress.ip_address("10.0.0.1"): alice}
+    assert pool.allocate(bob, ipv4=True, ipv6=False, requested=()) is None
+    pool.release(alice, new)
+    assert pool.in_use() == {}
+    got = pool.allocate(bob, ipv4=True, ipv6=False, requested=())
+    assert got is not None and str(got.addresses[0]) == "10.0.0.1/32"
+    pool.release(alice, new)  # a stale release from someone else's lease frees nothing
+    assert pool.in_use() == {ipaddress.ip_address("10.0.0.1"): bob}
+
+
 def test_retransmit_schedule() -> None:
     rt = RetransmitPolicy(timeout=1.0, base=2.0, tries=3, max_interval=3.0)
     assert [rt.interval(k) for k in range(4)] == [1.0, 2.0, 3.0, 3.0]

@@ -310,6 +310,9 @@ class PoolAllocator:
         self._by_id: dict[tuple[Identity, int], IPAddress] = {}  # sticky: last address
         self._owner: dict[IPAddress, Identity] = {}  # who an address is remembered for
         self._in_use: dict[IPAddress, Identity] = {}
+        # Leases held on each address in use: a client's new IKE SA may get its address
+        # while the old SA still holds it; the old one's release must not free it.
+        self._holds: dict[IPAddress, int] = {}
         self._reserved = frozenset(ipaddress.ip_address(a) for a in exclude) | frozenset(self._dns)
         self._next: dict[int, int] = {4: 1, 6: 1}
 
@@ -321,6 +324,7 @@ class PoolAllocator:
         known = self._by_id.get((peer_id, version))
         if known is not None and self._in_use.get(known, peer_id) == peer_id:
             self._in_use[known] = peer_id
+            self._holds[known] = self._holds.get(known, 0) + 1
             return ipaddress.ip_interface(f"{known}/{prefix}")
         size = pool.num_addresses
         # Offsets 1 .. size-2 skip the network and broadcast addresses. First pass: an
@@ -337,6 +341,7 @@ class PoolAllocator:
                 self._by_id[(peer_id, version)] = candidate
                 self._owner[candidate] = peer_id
                 self._in_use[candidate] = peer_id
+                self._holds[candidate] = 1
                 return ipaddress.ip_interface(f"{candidate}/{prefix}")
         return None
 
@@ -358,8 +363,15 @@ class PoolAllocator:
         )
 
     def release(self, peer_id: Identity, lease: AddressLease) -> None:
+        """Give back one lease; an address is free once every lease on it is back."""
         for iface in lease.addresses:
-            if self._in_use.get(iface.ip) == peer_id:
+            if self._in_use.get(iface.ip) != peer_id:
+                continue
+            left = self._holds.get(iface.ip, 1) - 1
+            if left > 0:
+                self._holds[iface.ip] = left
+            else:
+                self._holds.pop(iface.ip, None)
                 del self._in_use[iface.ip]
 
     def in_use(self) -> dict[IPAddress, Identity]:
