@@ -129,6 +129,7 @@ class IkeServer(TunnelHost):
         self._esp_seen: dict[StreamLink, int] = {}
         self._invalid_spi_sent: set[StreamLink] = set()
         self.link_closes: dict[str, int] = {}  # connections the server closed, by rule
+        self.link_drops: dict[str, int] = {}  # IKE messages dropped on a connection, by rule
         self.closed_clients = 0
 
     # -- bring-up ---------------------------------------------------------------------
@@ -206,7 +207,13 @@ class IkeServer(TunnelHost):
     def _dispatch(self, data: bytes, remote: tuple[str, int], *, via: StreamLink | None, local_port: int) -> None:
         now = time.monotonic()
         header = _peek(data)
-        known = self._session_of(header)
+        known = self.responder.session_of(header, remote[0]) if header is not None else None
+        if via is not None and self._other_sa_on(via, known):
+            # RFC 9329 §6.1 (T42): one connection carries one IKE SA (and its rekeyed
+            # successor, which is the same session here); the other one's messages are
+            # dropped and counted
+            self.link_drops["other_ike_sa"] = self.link_drops.get("other_ike_sa", 0) + 1
+            return
         dropped_before = known.dropped if known is not None else 0
         d = self.responder.receive(data, now, remote_addr=remote, local_addr=None, stream=via is not None)
         for reply in d.replies:
@@ -249,11 +256,10 @@ class IkeServer(TunnelHost):
                         (Notify(NotifyType.INVALID_IKE_SPI),))
         link.send_ike(reply.encode())
 
-    def _session_of(self, header: IkeHeader | None) -> IkeSession | None:
-        """The session that owns this message's SPI, before it is handled."""
-        if header is None:
-            return None
-        return self.responder.session_for(header.spi_r if header.is_initiator else header.spi_i)
+    def _other_sa_on(self, link: StreamLink, session: IkeSession | None) -> bool:
+        """Does this connection already carry a live IKE SA other than `session`?"""
+        owner = self.link_owner.get(link)
+        return owner is not None and self.clients.get(id(owner.session)) is owner and session is not owner.session
 
     @staticmethod
     def _fresh(client: ClientState, header: IkeHeader) -> bool:
@@ -559,7 +565,7 @@ class IkeServer(TunnelHost):
             "clients": [self.client_status(c) for c in self.clients.values()],
             "clients_closed": self.closed_clients, "half_open": self.responder.half_open,
             "listener": {"unauthenticated": sum(s.unauthenticated() for s in self.servers),
-                         "closed": closed},
+                         "closed": closed, "dropped": dict(self.link_drops)},
         })
         return st
 

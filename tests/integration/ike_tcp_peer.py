@@ -10,6 +10,10 @@ Actions (each prints one JSON line and exits 0, or a JSON line with "error"):
                        when the server closed it: {"closed_after_delete": seconds}
   init-then-partial D  send IKE_SA_INIT, wait D seconds, send 3 bytes of a frame and
                        stall: {"closed_after_last_byte": seconds}
+  second-sa            handshake, then start a second IKE SA on the same connection
+                       (RFC 9329 §6.1 forbids it) and wait 3 s for an answer; then a
+                       liveness check on the first: {"second_answered": bool,
+                       "first_alive": bool}
 """
 
 from __future__ import annotations
@@ -111,6 +115,22 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"error": f"no IKE SA: {peer.events}"}), flush=True)
         return
     result: dict[str, object] = {"seconds": round(peer.now() - peer.t0, 3)}
+    if action == "second-sa":
+        first = peer.session
+        local = peer.sock.getsockname()
+        second = IkeSession(first.policy, initiator=True, rng=os.urandom, stream=True,
+                            local_addr=(local[0], local[1]), remote_addr=(host, PORT))
+        peer.session = second
+        second.initiate(peer.now())
+        peer.flush()
+        deadline = peer.now() + 3.0
+        while peer.now() < deadline and peer.read(0.2):
+            pass
+        result["second_answered"] = second.state.name != "INIT_SENT"
+        peer.session, peer.events = first, []
+        first.check_liveness(peer.now())
+        peer.flush()
+        result["first_alive"] = _answered(peer, first)
     if action == "delete-and-wait":
         peer.session.close(peer.now())
         peer.flush()
@@ -119,6 +139,15 @@ def main(argv: list[str] | None = None) -> None:
             return
         result["closed_after_delete"] = peer.wait_closed()
     print(json.dumps(result), flush=True)
+
+
+def _answered(peer: Peer, session: IkeSession, timeout: float = 5.0) -> bool:
+    """Did the outstanding request of `session` get its answer in time?"""
+    deadline = peer.now() + timeout
+    while session.times().outstanding is not None and peer.now() < deadline:
+        if not peer.read(0.2):
+            return False
+    return session.times().outstanding is None
 
 
 def argv_for(repo: str) -> list[str]:

@@ -8,6 +8,8 @@ stream.py ListenerLimits), and no connection holds up another's handshake.
 - A connection that carries no IKE SA is closed after a few seconds (T34): one whose
   only message had unknown SPIs, and one whose IKE SA was deleted while the initiator
   kept the connection open.
+- A second IKE SA on a connection that carries one (RFC 9329 §6.1, T42) is refused:
+  its IKE_SA_INIT is dropped and counted, the first IKE SA goes on.
 - At most 64 connections may be unauthenticated: the oldest is evicted, an
   authenticated client is never touched.
 - Handshakes do not wait for each other: many clients at once, next to stalled and
@@ -140,6 +142,19 @@ def test_listener_closes_silent_partial_and_orphaned_connections(lab: Lab, tmp_p
         rules = srv.status()["listener"]["closed"]
         assert rules == {"no_first_message": 3, "orphan": 2, "partial_frame": 1}, rules
         assert srv.status()["listener"]["unauthenticated"] == 0
+
+
+def test_a_second_ike_sa_on_one_connection_is_refused(lab: Lab, tmp_path: Path) -> None:
+    topo = build_ike_topology(lab)
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server(clients=["alice@test"])
+        r = topo.client.run([*argv_for(REPO), topo.server_v4, "alice@test", str(ik.psk_file("alice@test")),
+                             "second-sa"], timeout=60)
+        res = json.loads(r.stdout.decode().strip().splitlines()[-1])
+        assert res == {"seconds": res["seconds"], "second_answered": False, "first_alive": True}, res
+        st = srv.status()
+        assert st["listener"]["dropped"] == {"other_ike_sa": 1}, st["listener"]
+        assert len(srv.clients()) == 1 and st["half_open"] == 0
 
 
 def test_unauthenticated_cap_evicts_the_oldest(lab: Lab, tmp_path: Path) -> None:

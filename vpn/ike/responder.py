@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from vpn.ike.constants import ExchangeType, HeaderFlag, NotifyType
 from vpn.ike.crypto import RandomBytes
 from vpn.ike.errors import MalformedMessage, RemoteProtocolError
-from vpn.ike.message import InvalidMajorVersion, Message, Nonce, Notify, peek_header
+from vpn.ike.message import IkeHeader, InvalidMajorVersion, Message, Nonce, Notify, peek_header
 from vpn.ike.policy import Address, SessionPolicy
 from vpn.ike.session import IkeSession, Outgoing, invalid_major_version_reply
 from vpn.ike.state import IkeState
@@ -130,6 +130,14 @@ class IkeResponder:
         """The session owning one of our IKE SPIs."""
         session = self._by_spi.get(spi)
         return session if session is not None and not session.closed else None
+
+    def session_of(self, header: IkeHeader, remote_ip: str) -> IkeSession | None:
+        """The live session this message would be handed to, without handling it: by
+        our SPI, or for an IKE_SA_INIT retransmission by (SPIi, peer IP)."""
+        if header.exchange == ExchangeType.IKE_SA_INIT and header.is_request and header.spi_r == ZERO_SPI:
+            known = self._by_init.get((header.spi_i, remote_ip))
+            return known if known is not None and not known.closed else None
+        return self.session_for(header.spi_r if header.is_initiator else header.spi_i)
 
     @property
     def half_open(self) -> int:
