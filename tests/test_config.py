@@ -162,6 +162,13 @@ def test_ike_client_config(tmp_path: Path) -> None:
     assert "0123456789" not in repr(cfg)
 
 
+def test_ike_client_tries_udp_first_by_default(tmp_path: Path) -> None:
+    """RFC 9329 §9: UDP is preferred; TCP is the fallback. Manual mode stays on TCP."""
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    cfg = config.load(write(tmp_path, IKE_CLIENT.replace('protocol = "auto"\n', "")))
+    assert cfg.transport.protocol == "auto" and cfg.transport.port == 4500
+
+
 def test_ike_server_config(tmp_path: Path) -> None:
     write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
     cfg = config.load(write(tmp_path, IKE_SERVER))

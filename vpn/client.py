@@ -35,6 +35,7 @@ from typing import Any
 
 from vpn import config
 from vpn.ike import events as ev
+from vpn.ike.message import is_response
 from vpn.ike.policy import RetransmitPolicy, SessionPolicy
 from vpn.ike.sa import TaskKind
 from vpn.ike.session import IkeSession, Outgoing
@@ -63,6 +64,7 @@ RETRANSMIT_BASE = 1.8
 MAX_RESENDS = 20
 STABLE_LINK_S = 5.0  # a connection that died sooner than this is retried only after a backoff
 DPD_KIND = TaskKind.DPD.value
+PROBE_RETRY_S = 1.0  # a UDP probe waits this long for an exchange in flight to finish
 
 
 def dns_journal_path(name: str) -> Path:
@@ -165,6 +167,7 @@ class IkeClient(TunnelHost):
         self._update_pending = False  # an UPDATE_SA_ADDRESSES for a new local address
         self._probing = False  # an UPDATE_SA_ADDRESSES sent over UDP while ESP stays on TCP
         self._move_token = 0
+        self._probe_gen = 0  # only the latest scheduled UDP probe runs
         self.moves: list[dict[str, Any]] = []
         self._pending_move: tuple[str, str, str] | None = None
         self._reconnect_backoff = Backoff()
@@ -438,7 +441,10 @@ class IkeClient(TunnelHost):
 
     # -- session output and events --------------------------------------------------------
     def _send(self, out: Outgoing) -> None:
-        if (self._ike_path or self.transport) == "udp":
+        path = self._ike_path or self.transport
+        if self._probing and is_response(out.data) and self.link is not None and self.link.is_open:
+            path = self.transport  # a probe carries our UPDATE only; answers stay on the stream
+        if path == "udp":
             remote = out.remote or (self.server_addr, NATT_PORT)
             if remote[1] == IKE_UDP_PORT:
                 assert self.sock500 is not None
@@ -476,6 +482,8 @@ class IkeClient(TunnelHost):
             self._backoff.reset()
             self.event(f"IKE SA established with {e.peer_id} ({e.algorithms}) over {self.transport.upper()}"
                        + (", MOBIKE" if e.mobike else ""))
+            if e.mobike and self.transport != "udp" and self.cfg.transport.protocol == "auto":
+                self._schedule_probe()  # fell back to a stream: move to UDP once it works
         elif isinstance(e, ev.ChildSaEstablished):
             self.installer.install(e.child)
             self.event(f"Child SA installed: in {e.child.spi_in.hex()} out {e.child.spi_out.hex()} "
@@ -690,15 +698,22 @@ class IkeClient(TunnelHost):
                    remote=(self.server_addr, self._stream_port()))
         self._schedule_probe()
 
-    def _schedule_probe(self) -> None:
+    def _schedule_probe(self, delay: float | None = None) -> None:
         if self.cfg.transport.udp_probe_s > 0:
-            self.call_later(self.cfg.transport.udp_probe_s, self._probe_udp)
+            self._probe_gen += 1
+            gen = self._probe_gen
+            self.call_later(self.cfg.transport.udp_probe_s if delay is None else delay,
+                            lambda: self._probe_udp(gen))
 
-    def _probe_udp(self) -> None:
-        """On TCP/TLS after a move: try UDP again (RFC 9329 §9: UDP is preferred)."""
+    def _probe_udp(self, gen: int) -> None:
+        """On TCP/TLS after a move or a fallback: try UDP again (RFC 9329 §9: UDP is
+        preferred) with UPDATE_SA_ADDRESSES over UDP."""
         ep = self.endpoint
-        if (ep is None or ep.closed or not ep.session.established or not ep.session.mobike
-                or self.transport == "udp" or self._probing or self._stopping):
+        if (gen != self._probe_gen or ep is None or ep.closed or not ep.session.established
+                or not ep.session.mobike or self.transport == "udp" or self._probing or self._stopping):
+            return
+        if ep.session.times().outstanding is not None:
+            self._schedule_probe(PROBE_RETRY_S)  # the probe must carry an UPDATE, not another request
             return
         _sock500, udp = self._udp_sockets()
         ip = self._route_source()

@@ -501,7 +501,9 @@ def _tunnel(sec: _Section, name: str) -> TunnelConfig:
 
 
 def _transport(sec: _Section, mode: str) -> TransportConfig:
-    protocol = sec.choice("protocol", ("tcp", "udp", "tls", "auto"), "tcp")
+    # An IKE client tries UDP first and falls back to TCP by itself (RFC 9329 §5.1, §9:
+    # UDP is preferred); a manually keyed tunnel has no handshake to detect UDP with.
+    protocol = sec.choice("protocol", ("tcp", "udp", "tls", "auto"), "auto" if mode == "ike" else "tcp")
     role = sec.choice("role", ("connect", "listen"), "connect")
     remote = sec.get("remote", str)
     if role == "connect" and not remote:

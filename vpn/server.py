@@ -42,7 +42,7 @@ from vpn import fastpath as fp
 from vpn.ike import events as ev
 from vpn.ike.constants import ExchangeType, HeaderFlag, NotifyType
 from vpn.ike.errors import MalformedMessage
-from vpn.ike.message import IkeHeader, Message, Notify, peek_header
+from vpn.ike.message import IkeHeader, Message, Notify, is_response, peek_header
 from vpn.ike.policy import Identity, PoolAllocator
 from vpn.ike.responder import CookiePolicy, IkeResponder
 from vpn.ike.session import IkeSession, Outgoing
@@ -309,15 +309,26 @@ class IkeServer(TunnelHost):
             self.link_owner[via] = client
             if client.link is not via:
                 self._move_to(client, via, "IKE")
-        elif local_port == NATT_PORT and self.udp4500 is not None:
+        elif local_port == NATT_PORT and self.udp4500 is not None and not client.session.mobike:
+            # RFC 7296 §2.23 dynamic update; with MOBIKE only UPDATE_SA_ADDRESSES moves the
+            # IKE path (RFC 4555 §3.8), through the PeerAddressChanged event
             client.udp_local_port = NATT_PORT
             client.udp_remote = remote
             client.peer.set_addr(*self.udp4500.dest(*remote))  # ESP goes there too
-            if client.stream:  # MOBIKE moved the SA from a stream to UDP (RFC 9329 §7.1)
-                frm = client.transport
-                client.link, client.transport = None, "udp"
-                client.peer.set_conn(self.udp4500.conn)
-                self._note_move(client, frm, "udp", f"UDP {_fmt(remote)}", "IKE")
+
+    def _to_udp(self, client: ClientState, remote: tuple[str, int]) -> None:
+        """MOBIKE moved the SA from a stream to UDP 4500 (RFC 9329 §7.1, RFC 4555 §3.5):
+        IKE and ESP go there, and the session retransmits again (RFC 7296 §2.1)."""
+        assert self.udp4500 is not None
+        frm = client.transport
+        client.udp_local_port, client.udp_remote = NATT_PORT, remote
+        client.peer.set_addr(*self.udp4500.dest(*remote))
+        client.link, client.transport = None, "udp"
+        client.peer.set_conn(self.udp4500.conn)
+        self._note_move(client, frm, "udp", f"UDP {_fmt(remote)}", "IKE")
+        ep = client.endpoint
+        if not ep.closed:
+            ep.command(client.session.transport_changed, stream=False, remote=remote)
 
     def _move_to(self, client: ClientState, link: StreamLink, why: str) -> None:
         """RFC 9329 §6.1: send on `link` from now on; an outstanding request of ours is
@@ -380,7 +391,7 @@ class IkeServer(TunnelHost):
     # -- output ------------------------------------------------------------------------
     def _send(self, client: ClientState, out: Outgoing) -> None:
         r = self._reply
-        if r is not None and r.session is client.session and _is_response(out.data):
+        if r is not None and r.session is client.session and is_response(out.data):
             # RFC 7296 §2.1, RFC 9329 §6.2: a response goes where its request came from
             self._send_raw(Outgoing(out.data, out.remote or r.remote), r.via, r.local_port)
             return
@@ -452,12 +463,16 @@ class IkeServer(TunnelHost):
         elif isinstance(e, ev.ChildSaDeleted):
             client.installer.remove(e.spi_in)
             client.rekeying.discard(e.spi_in)
-        elif isinstance(e, ev.PeerAddressChanged) and not client.stream:
+        elif isinstance(e, ev.PeerAddressChanged):
             # RFC 7296 §2.23, RFC 4555 §3.5 (over a stream the connection is the path)
-            client.udp_remote = e.new
-            if self.udp4500 is not None:
-                client.peer.set_addr(*self.udp4500.dest(*e.new))
-            self.event(f"{client.identity}: peer address now {_fmt(e.new)}")
+            r = self._reply
+            if not client.stream:
+                client.udp_remote = e.new
+                if self.udp4500 is not None:
+                    client.peer.set_addr(*self.udp4500.dest(*e.new))
+                self.event(f"{client.identity}: peer address now {_fmt(e.new)}")
+            elif r is not None and r.session is client.session and r.via is None and r.local_port == NATT_PORT:
+                self._to_udp(client, e.new)  # UPDATE_SA_ADDRESSES over UDP (RFC 9329 §7.1)
         elif isinstance(e, ev.InitialContactReceived):
             self._drop_older(client, e.peer_id)
         elif isinstance(e, ev.IkeSaClosed):
@@ -608,11 +623,6 @@ def _peek(data: bytes) -> IkeHeader | None:
         return peek_header(data)
     except MalformedMessage:
         return None
-
-
-def _is_response(data: bytes) -> bool:
-    header = _peek(data)
-    return header is not None and header.is_response
 
 
 def _kind(link: StreamLink | None) -> str:

@@ -253,3 +253,34 @@ def test_without_mobike_the_client_says_so_and_the_server_follows(two_uplinks: T
         vpn.ping(SERVER_INNER)  # ESP from the new address authenticates; the server follows it
         srv, _ = _wait_server(vpn, lambda c: t.client2_v4 in str(c["remote"]), 10)
         assert srv["transport"] == "udp"
+
+
+def test_auto_fallback_moves_to_udp_once_it_works(two_uplinks: TwoUplinkTopology, tmp_path: Path) -> None:
+    """`protocol = "auto"` with UDP blocked falls back to a new IKE SA over TCP (RFC 9329
+    §5.1); with MOBIKE the client keeps probing UDP and, once UDP passes, moves that
+    same IKE SA to UDP and closes the stream (RFC 9329 §9: UDP is preferred)."""
+    t = two_uplinks
+    t.router.nft("add table inet blk\n"
+                 "add chain inet blk f { type filter hook forward priority 0; }\n"
+                 "add rule inet blk f udp dport { 500, 4500 } drop\n")
+    cfg = _client_cfg("tcp")
+    cfg["protocol"], cfg["fallback_after"] = "auto", 1.5
+    with ike_tunnel(t, tmp_path, **cfg) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        st0 = vpn.client.status()
+        assert st0["transport"] == "tcp" and st0["fell_back"] is True and st0["mobike"] is True, st0
+        before = _spis(st0)
+        run = TransferRun(t.client, t.server, SERVER_INNER, 24 << 20, rate=6 << 20)
+        run.wait_progress(2 << 20)
+        time.sleep(UDP_PROBE_S + MOBIKE_WAIT_S)  # probes go unanswered meanwhile
+        assert vpn.client.status()["transport"] == "tcp"
+        t.router.nft("delete table inet blk")
+        st, _ = vpn.wait_status(lambda s: s["transport"] == "udp", 30, "move to udp")
+        assert (st["moves"][-1]["from"], st["moves"][-1]["to"]) == ("tcp", "udp")
+        assert _spis(st) == before and st["virtual_ip"] == st0["virtual_ip"]
+        srv, _ = _wait_server(vpn, lambda c: c["transport"] == "udp", 10)
+        assert (srv["path_moves"][-1]["from"], srv["path_moves"][-1]["to"]) == ("tcp", "udp")
+        assert st["connections"] == 0  # the stream is closed (RFC 9329 §7.1, T76)
+        run.finish().assert_intact(24 << 20)
+        vpn.ping(SERVER_INNER)

@@ -247,6 +247,14 @@ def peek_header(data: bytes) -> IkeHeader:
     return _pull_header(Buffer(data), len(data))
 
 
+def is_response(data: bytes) -> bool:
+    """Is this whole IKE message a well-formed response (R flag, RFC 7296 §3.1)?"""
+    try:
+        return peek_header(data).is_response
+    except MalformedMessage:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Message(_HeaderFlags):
     """One IKE message: header fields and payloads, in wire order.
