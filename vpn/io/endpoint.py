@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vpn import fastpath as fp
-from vpn.esp.sa import SaParams
+from vpn.esp.sa import SaFlags, SaParams
 from vpn.ike.constants import EncrId
 from vpn.ike.events import ChildSaInfo, Event
 from vpn.ike.payloads import TrafficSelector
@@ -27,6 +27,9 @@ from vpn.ike.session import IkeSession, Outgoing
 log = logging.getLogger("vpn.ike")
 
 MAX_PUMP_ROUNDS = 64  # an event handler may issue commands; bound the ping-pong
+# Without ESN the 32-bit counter must not cycle (RFC 4303 §3.3.3): rekey 2^24 packets
+# before its end, which leaves tens of seconds at any rate the dataplane reaches.
+SEQ32_REKEY_AT = (1 << 32) - (1 << 24)
 
 
 class IkeEndpoint:
@@ -150,12 +153,18 @@ class ChildInstaller:
             self.remove(spi.to_bytes(4, "big"))
 
     def soft_expired(self) -> list[bytes]:
-        """Inbound SPIs whose SA (either direction) reached a soft lifetime limit."""
+        """Inbound SPIs whose SA (either direction) reached a soft lifetime limit, or
+        whose sequence numbers near their end (RFC 4303 §3.3.3: rekey before a wrap)."""
         out = []
         for spi_in, sa_out in self.outbound.items():
             sa_in = self.dp.inbound(spi_in)
-            flags = sa_out.stats().flags | (sa_in.stats().flags if sa_in else 0)
-            if flags & 1:  # SaFlags.SOFT_EXPIRED
+            so = sa_out.stats()
+            si = sa_in.stats() if sa_in else None
+            flags = so.flags | (si.flags if si else 0)
+            child = self.children.get(spi_in)
+            seq_near_end = child is not None and not child.algorithms.esn and (
+                so.seq >= SEQ32_REKEY_AT or (si is not None and si.seq >= SEQ32_REKEY_AT))
+            if flags & (SaFlags.SOFT_EXPIRED | SaFlags.SEQ_EXHAUSTED) or seq_near_end:
                 out.append(spi_in.to_bytes(4, "big"))
         return out
 
