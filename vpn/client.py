@@ -645,6 +645,10 @@ class IkeClient(TunnelHost):
             # sends UPDATE_SA_ADDRESSES on the new connection (RFC 9329 §6.1, §7.1)
             self._update_pending = True
             self.link.close("local address changed")
+            if self.cfg.transport.protocol in ("auto", "udp"):
+                # RFC 9329 §7.1 (T72): UDP is tried on the new network as soon as the
+                # stream's exchange is done, not only at the next periodic probe
+                self._schedule_probe(PROBE_RETRY_S)
 
     def _udp_update_unanswered(self, token: int) -> None:
         """RFC 9329 §7.1: no answer over UDP -> the same request over TCP (or TLS)."""

@@ -284,3 +284,27 @@ def test_auto_fallback_moves_to_udp_once_it_works(two_uplinks: TwoUplinkTopology
         assert st["connections"] == 0  # the stream is closed (RFC 9329 §7.1, T76)
         run.finish().assert_intact(24 << 20)
         vpn.ping(SERVER_INNER)
+
+
+def test_on_a_stream_a_new_network_tries_udp_at_once(two_uplinks: TwoUplinkTopology, tmp_path: Path) -> None:
+    """RFC 9329 §7.1 (T72): fallen back to TCP on a network that blocks UDP, the client
+    moves to a network where UDP passes: it reconnects the stream and tries UDP right
+    away (not at the next periodic probe, a minute away here), and ends up on UDP."""
+    t = two_uplinks
+    t.router.nft("add table inet blk1\n"
+                 "add chain inet blk1 f { type filter hook forward priority 0; }\n"
+                 "add rule inet blk1 f iifname r-c udp dport { 500, 4500 } drop\n")
+    cfg = _client_cfg("tcp")
+    cfg["protocol"], cfg["fallback_after"] = "auto", 1.5
+    cfg["transport_extra"] = f"mobike_wait = {MOBIKE_WAIT_S}\nudp_probe = 60"
+    with ike_tunnel(t, tmp_path, **cfg) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        st0 = vpn.client.status()
+        assert st0["transport"] == "tcp" and st0["fell_back"] is True, st0
+        t.use_uplink(2)
+        st, waited = vpn.wait_status(lambda s: s["transport"] == "udp", 30, "move to udp")
+        assert waited < 15, waited
+        assert _spis(st) == _spis(st0) and st["connections"] == 0
+        _wait_server(vpn, lambda c: c["transport"] == "udp" and t.client2_v4 in str(c["remote"]), 10)
+        vpn.ping(SERVER_INNER)
