@@ -486,12 +486,11 @@ def _proposals(sec: _Section, k: str, parse: Callable[[list[str]], tuple[T, ...]
                ) -> tuple[T, ...]:
     """strongSwan-style proposals (vpn/proposals.py): a list of strings, or one string
     with commas as strongSwan writes it; absent: the built-in defaults."""
+    sec.used.add(k)
     if k not in sec.data:
-        sec.used.add(k)
         return default
     value = sec.data[k]
     texts = value.split(",") if isinstance(value, str) else sec.str_list(k)
-    sec.used.add(k)
     try:
         return parse(texts)
     except ProposalError as exc:

@@ -15,11 +15,14 @@ Keywords:
   because that is all the dataplane does.
 - integrity (IKE, with CBC only): `sha256`, `sha384`, `sha512` (HMAC-SHA2-*, RFC 4868).
 - PRF (IKE): `prfsha256`, `prfsha384`, `prfsha512`. Without one, a CBC proposal gets the
-  PRF of its strongest integrity hash and an AES-GCM proposal gets `prfsha256` (RFC 5282
-  §8 leaves AEAD proposals without a hash to copy; strongSwan refuses them instead).
+  PRF of its strongest integrity hash (strongSwan takes all of them), and an AES-GCM
+  proposal, having no integrity hash to copy (RFC 5282 §8), gets `prfsha256` (strongSwan
+  refuses it instead; a CNSA-style suite names `prfsha384`).
 - DH groups: `modp2048` `modp3072` `modp4096` `ecp256` `ecp384` `ecp521` `x25519`
   (`curve25519`). Required for IKE; in ESP they mean PFS when Child SAs are created or
-  rekeyed with CREATE_CHILD_SA (RFC 7296 §1.3.1), never in IKE_AUTH (§1.2).
+  rekeyed with CREATE_CHILD_SA (RFC 7296 §1.3.1), never in IKE_AUTH (§1.2). When every
+  ESP proposal names a group, PFS is mandatory (`requires_pfs`). A responder accepts a
+  KE in any group of any of its ESP proposals (negotiate.select_esp).
 - ESN (ESP): `esn`, `noesn`; neither or both: either is accepted.
 
 Within a proposal the listed order is the preference order. A trailing `!` (ipsec.conf's
@@ -57,7 +60,7 @@ _PRF: dict[str, PrfId] = {
     "prfsha384": PrfId.HMAC_SHA2_384,
     "prfsha512": PrfId.HMAC_SHA2_512,
 }
-# RFC 7296 §2.13: without a prf keyword a CBC proposal takes its integrity's hash.
+# Without a prf keyword a CBC proposal takes the PRF of its strongest integrity hash.
 _PRF_OF_INTEG: dict[IntegId, PrfId] = {
     IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
     IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
