@@ -206,3 +206,98 @@ def test_world_readable_psk_file_refused(tmp_path: Path) -> None:
     write(tmp_path, "0123456789abcdef0123\n", name="alice.psk", mode=0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         config.load(write(tmp_path, IKE_CLIENT))
+
+
+# --------------------------------------------------------------------------- proposals (K06)
+
+
+def test_proposals_default_to_the_built_in_sets(tmp_path: Path) -> None:
+    from vpn.ike.policy import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
+    from vpn.policies import client_policy, server_policy
+
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    client = config.load(write(tmp_path, IKE_CLIENT, name="client.toml"))
+    server = config.load(write(tmp_path, IKE_SERVER, name="server.toml"))
+    assert client.ike is not None and server.server is not None
+    assert client.ike.ike_proposals == server.server.ike_proposals == DEFAULT_IKE_PROPOSALS
+    assert client.ike.esp_proposals == server.server.esp_proposals == DEFAULT_ESP_PROPOSALS
+    c_pol = client_policy(client)
+    s_pol, _ = server_policy(server)
+    for pol in (c_pol, s_pol):
+        assert pol.ike_proposals == DEFAULT_IKE_PROPOSALS
+        assert pol.child.proposals == DEFAULT_ESP_PROPOSALS and not pol.child.require_pfs
+
+
+def test_proposals_are_parsed_and_reach_the_session_policy(tmp_path: Path) -> None:
+    from vpn.ike.constants import DhId, EsnId
+    from vpn.ike.payloads import TrafficSelector
+    from vpn.policies import client_policy, server_policy
+    from vpn.proposals import parse_esp_proposals, parse_ike_proposals
+
+    ike = ["aes256gcm16-prfsha384-ecp384", "aes256-sha384-modp3072"]
+    esp = ["aes256gcm16-ecp384-esn"]
+    keys = 'ike_proposals = ["aes256gcm16-prfsha384-ecp384", "aes256-sha384-modp3072"]\n' \
+           'esp_proposals = ["aes256gcm16-ecp384-esn"]\n'
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    client = config.load(write(tmp_path, IKE_CLIENT + keys, name="client.toml"))
+    server = config.load(write(tmp_path, IKE_SERVER.replace("[[client]]", keys + "\n[[client]]", 1),
+                               name="server.toml"))
+    assert client.ike is not None and server.server is not None
+    assert client.ike.ike_proposals == server.server.ike_proposals == parse_ike_proposals(ike)
+    assert client.ike.esp_proposals == server.server.esp_proposals == parse_esp_proposals(esp)
+    c_pol = client_policy(client)
+    s_pol, _ = server_policy(server)
+    for pol in (c_pol, s_pol):
+        assert pol.ike_proposals[0].dh == (DhId.ECP384,)
+        assert pol.child.proposals[0].dh == (DhId.ECP384,) and pol.child.proposals[0].esn == (EsnId.ESN,)
+        assert pol.child.require_pfs  # every ESP proposal names a group: PFS is mandatory
+    # the server's subnets still become its TSr next to the proposals
+    assert s_pol.child.local_ts == tuple(TrafficSelector.from_network(n) for n in ("0.0.0.0/0", "::/0"))
+
+
+def test_proposals_as_one_comma_separated_string(tmp_path: Path) -> None:
+    """strongSwan writes `proposals = a, b`; the same string form is accepted here."""
+    from vpn.proposals import parse_ike_proposals
+
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    text = IKE_CLIENT + 'ike_proposals = "aes256gcm16-prfsha384-ecp384, default"\n'
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.ike is not None
+    assert cfg.ike.ike_proposals == parse_ike_proposals(["aes256gcm16-prfsha384-ecp384", "default"])
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "words"),
+    [
+        (IKE_CLIENT, 'ike_proposals = ["aes256gcm16-prfsha384-ecp385"]', "[ike] ike_proposals",
+         ["'ecp385'", "use one of"]),
+        (IKE_CLIENT, 'ike_proposals = ["aes256gcm16-prfsha384"]', "[ike] ike_proposals",
+         ["no Diffie-Hellman group", "ecp384"]),
+        (IKE_CLIENT, 'ike_proposals = ["aes256gcm16-sha256-ecp256"]', "[ike] ike_proposals",
+         ["'sha256'", "separate proposal"]),
+        (IKE_CLIENT, "ike_proposals = []", "[ike] ike_proposals", ["empty", "leave the key out"]),
+        (IKE_CLIENT, "ike_proposals = [1]", "[ike] ike_proposals", ["list of strings"]),
+        (IKE_CLIENT, 'esp_proposals = ["aes256-sha256"]', "[ike] esp_proposals", ["AES-GCM-16 only"]),
+        (IKE_SERVER, 'esp_proposals = ["aes256-sha256"]', "[server] esp_proposals",
+         ["'aes256'", "AES-GCM-16 only", "use aes256gcm16"]),
+        (IKE_SERVER, 'esp_proposals = ["aes256gcm16-prfsha256"]', "[server] esp_proposals",
+         ["'prfsha256'", "ike_proposals"]),
+        (IKE_SERVER, 'ike_proposals = ["aes256-ecp256"]', "[server] ike_proposals",
+         ["no integrity keyword", "add sha256"]),
+        (IKE_SERVER, 'ike_proposals = "aes256gcm16-ecp256,"', "[server] ike_proposals", ["empty proposal"]),
+    ],
+)
+def test_bad_proposals_name_file_key_and_fix(tmp_path: Path, text: str, line: str, key: str,
+                                             words: list[str]) -> None:
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    if text is IKE_SERVER:
+        text = text.replace("[[client]]", line + "\n\n[[client]]", 1)
+    else:
+        text = text + line + "\n"
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text))
+    msg = str(e.value)
+    assert e.value.key == key, msg
+    assert msg.startswith(f"{tmp_path / 'c.toml'}: {key}: "), msg
+    for w in words:
+        assert w in msg, msg

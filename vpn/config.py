@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vpn.ike.policy import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, IkeProposal
+from vpn.proposals import ProposalError, parse_esp_proposals, parse_ike_proposals
+
 T = TypeVar("T")
 
 MIN_MTU = 1280  # RFC 8200 §5: IPv6 inside the tunnel needs 1280
@@ -260,6 +263,8 @@ class IkeConfig:
     fallback: str  # auto: "tcp" or "tls"
     peer_timeout_s: float = 165.0  # an unanswered request (e.g. DPD) ends the IKE SA after this
     mobike: bool = True  # RFC 4555: move the IKE SA between addresses and transports
+    ike_proposals: tuple[IkeProposal, ...] = DEFAULT_IKE_PROPOSALS  # RFC 7296 §3.3 (K06)
+    esp_proposals: tuple[EspProposal, ...] = DEFAULT_ESP_PROPOSALS
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,8 @@ class ServerConfig:
     dpd_s: float
     child_rekey_s: float = 3600.0  # Child SA rekey time (RFC 7296 §2.8)
     child_rekey_bytes: int = 0  # rekey after this many inner bytes in one direction (0: off)
+    ike_proposals: tuple[IkeProposal, ...] = DEFAULT_IKE_PROPOSALS  # RFC 7296 §3.3 (K06)
+    esp_proposals: tuple[EspProposal, ...] = DEFAULT_ESP_PROPOSALS
 
 
 @dataclass(frozen=True)
@@ -413,6 +420,8 @@ def _ike(sec: _Section) -> IkeConfig:
         peer_timeout_s=float(sec.int_range("peer_timeout", 2, 3600, 165,
                                            why="seconds an unanswered request (e.g. DPD) may take")),
         mobike=sec.get("mobike", bool, True),
+        ike_proposals=_proposals(sec, "ike_proposals", parse_ike_proposals, DEFAULT_IKE_PROPOSALS),
+        esp_proposals=_proposals(sec, "esp_proposals", parse_esp_proposals, DEFAULT_ESP_PROPOSALS),
     )
     sec.finish()
     return ike
@@ -466,9 +475,26 @@ def _server(sec: _Section, top: _Section, path: Path) -> ServerConfig:
         dpd_s=float(sec.int_range("dpd", 0, 3600, 60)),
         child_rekey_s=float(sec.int_range("rekey", MIN_REKEY_S, 86400, 3600)),
         child_rekey_bytes=_rekey_bytes(sec),
+        ike_proposals=_proposals(sec, "ike_proposals", parse_ike_proposals, DEFAULT_IKE_PROPOSALS),
+        esp_proposals=_proposals(sec, "esp_proposals", parse_esp_proposals, DEFAULT_ESP_PROPOSALS),
     )
     sec.finish()
     return server
+
+
+def _proposals(sec: _Section, k: str, parse: Callable[[list[str]], tuple[T, ...]], default: tuple[T, ...]
+               ) -> tuple[T, ...]:
+    """strongSwan-style proposals (vpn/proposals.py): a list of strings, or one string
+    with commas as strongSwan writes it; absent: the built-in defaults."""
+    sec.used.add(k)
+    if k not in sec.data:
+        return default
+    value = sec.data[k]
+    texts = value.split(",") if isinstance(value, str) else sec.str_list(k)
+    try:
+        return parse(texts)
+    except ProposalError as exc:
+        raise sec.error(k, exc.problem, exc.fix) from None
 
 
 def _ifname(sec: _Section, k: str) -> str | None:

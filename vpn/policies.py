@@ -3,7 +3,9 @@
 Reads the certificate and key files named in the config (so it lives outside vpn/ike,
 which does no I/O). The defaults interoperate with strongSwan, Libreswan and Apple
 clients (CHECKLIST §2.1); the dataplane does AES-GCM-16 only, so Child SAs are
-AES-GCM-16 (256 preferred, 128), with or without ESN.
+AES-GCM-16 (256 preferred, 128), with or without ESN. `ike_proposals` / `esp_proposals`
+in the config restrict both (RFC 7296 §3.3); ESP proposals that all name a DH group make
+PFS mandatory on CREATE_CHILD_SA.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from vpn.ike.certs import PrivateKey, TrustStore, load_certificates, load_privat
 from vpn.ike.credentials import Authenticator, PskAuthenticator, PskSource
 from vpn.ike.payloads import TrafficSelector
 from vpn.ike.policy import (
+    ALL_V4,
+    ALL_V6,
     ChildPolicy,
     DpdPolicy,
+    EspProposal,
     Identity,
     Lifetimes,
     PoolAllocator,
     SessionPolicy,
     VirtualIpRequest,
 )
+from vpn.proposals import requires_pfs
 
 
 class PolicyError(Exception):
@@ -64,6 +70,14 @@ def _cert_authenticator(creds: config.Credentials, *, peer_psk: PskSource | None
                              own_psk=creds.psk if cert is None else None, wall_clock=_wall_clock)
 
 
+def _child(proposals: tuple[EspProposal, ...], local_ts: tuple[TrafficSelector, ...] = (ALL_V4, ALL_V6)
+           ) -> ChildPolicy:
+    """Child SA policy with the configured ESP proposals; a DH group in every proposal
+    means PFS is required when the peer creates or rekeys a Child SA (strongSwan does the
+    same: a rekey without KE then matches no proposal, RFC 7296 §1.3.1)."""
+    return ChildPolicy(proposals=proposals, require_pfs=requires_pfs(proposals), local_ts=local_ts)
+
+
 def client_policy(cfg: config.Config) -> SessionPolicy:
     """The initiator's policy: ask for a virtual address (and DNS), offer everything as
     traffic selectors and let the server narrow (RFC 7296 §2.9)."""
@@ -80,6 +94,8 @@ def client_policy(cfg: config.Config) -> SessionPolicy:
         local_id=Identity.parse(ike.identity),
         authenticator=auth,
         remote_id=Identity.parse(ike.remote_identity) if ike.remote_identity else None,
+        ike_proposals=ike.ike_proposals,
+        child=_child(ike.esp_proposals),
         lifetimes=Lifetimes(child_rekey_seconds=ike.child_rekey_s, child_lifetime_seconds=ike.child_rekey_s * 1.1,
                             ike_rekey_seconds=ike.ike_rekey_s, ike_lifetime_seconds=ike.ike_rekey_s * 1.1),
         dpd=DpdPolicy(interval=ike.dpd_s),
@@ -111,7 +127,8 @@ def server_policy(cfg: config.Config) -> tuple[SessionPolicy, PoolAllocator]:
     policy = SessionPolicy(
         local_id=Identity.parse(srv.identity),
         authenticator=auth,
-        child=ChildPolicy(local_ts=local_ts),
+        ike_proposals=srv.ike_proposals,
+        child=_child(srv.esp_proposals, local_ts=local_ts),
         lifetimes=Lifetimes(child_rekey_seconds=srv.child_rekey_s, child_lifetime_seconds=srv.child_rekey_s * 1.1),
         dpd=DpdPolicy(interval=srv.dpd_s),
         allocator=allocator,
