@@ -45,7 +45,7 @@ from vpn.io.host import StartupError, TunnelHost, resolve
 from vpn.io.killswitch import KillSwitch, KillSwitchError
 from vpn.io.netconf import NetConf
 from vpn.io.pathwatch import PathWatcher
-from vpn.io.stream import Backoff, StreamLink, open_connection
+from vpn.io.stream import Backoff, StreamLink, new_flow_label, open_connection
 from vpn.io.tls import TlsClientSettings, TlsLink, client_context
 from vpn.io.udp import UdpLink, udp_socket
 from vpn.manual import wireshark_esp_sa_line
@@ -175,6 +175,7 @@ class IkeClient(TunnelHost):
         self.pathwatch: PathWatcher | None = None
         self._last_reconnect = 0.0
         self.tls_session: ssl.SSLSession | None = None
+        self.flow_label = new_flow_label()  # IPv6: one label for all our connections (T38)
         tls = cfg.transport.tls
         self.tls_settings = TlsClientSettings(
             server_name=tls.server_name if tls else cfg.transport.remote,
@@ -376,7 +377,8 @@ class IkeClient(TunnelHost):
         port = self._stream_port(self.ike.fallback if standby else None)
         where = f"{self._server_text()} port {port} over {self.transport.upper()}"
         try:
-            sock = await open_connection(self.server_addr, port, mark=FWMARK, local=self.cfg.transport.local)
+            sock = await open_connection(self.server_addr, port, mark=FWMARK, local=self.cfg.transport.local,
+                                         flow_label=self.flow_label)
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
             raise _ConnectFailed(f"cannot reach {where}: {why}") from None

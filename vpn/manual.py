@@ -29,7 +29,7 @@ from vpn.esp.sa import SaParams
 from vpn.framing import encode_frame
 from vpn.io.host import StartupError, TunnelHost, resolve
 from vpn.io.seqstate import SEQ_BLOCK_PACKETS, SeqReservation, SeqStateError, state_path
-from vpn.io.stream import Backoff, StreamLink, StreamServer, listen, open_connection
+from vpn.io.stream import Backoff, StreamLink, StreamServer, listen, new_flow_label, open_connection
 from vpn.io.tls import TlsClientSettings, TlsLink, client_context, server_context
 from vpn.io.udp import UdpLink, udp_socket
 
@@ -144,9 +144,10 @@ class ManualTunnel(TunnelHost):
         tr = self.cfg.transport
         assert tr.remote is not None
         backoff = Backoff()
+        label = new_flow_label()  # IPv6: the same flow label on every reconnect (RFC 9329 §6.1)
         while not self._stopping:
             try:
-                sock = await open_connection(tr.remote, tr.port, local=tr.local)
+                sock = await open_connection(tr.remote, tr.port, local=tr.local, flow_label=label)
             except OSError as exc:
                 self.event(f"connect to {tr.remote}:{tr.port} failed: {exc.strerror or exc}")
                 await asyncio.sleep(backoff.next())

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,11 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0  # a connection that lived this long resets the backoff
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+# linux/in6.h: lease a flow label for a socket and send the one given at connect()
+IPV6_FLOWLABEL_MGR = 32
+IPV6_FLOWINFO_SEND = 33
+IPV6_FL_A_GET, IPV6_FL_F_CREATE, IPV6_FL_S_ANY = 0, 1, 255
+FLOW_LABEL_MAX = 0x7FFFF  # the upper half is for stateless labels (flowlabel_state_ranges)
 
 
 def tune_stream_socket(sock: socket.socket) -> None:
@@ -165,10 +172,30 @@ def _peer(sock: socket.socket) -> tuple[str, int] | None:
         return None
 
 
+def new_flow_label() -> int:
+    """A random IPv6 flow label for one TCP Originator's connections."""
+    return 1 + secrets.randbelow(FLOW_LABEL_MAX)
+
+
+def _use_flow_label(sock: socket.socket, dst: str, label: int) -> bool:
+    """Lease `label` towards `dst` and send it: the same label on every connection of an
+    IKE SA (RFC 9329 §6.1, T38), so that ECMP paths do not change on a reconnect; by
+    default Linux derives the label from the 5-tuple, which a new port changes."""
+    req = (socket.inet_pton(socket.AF_INET6, dst) + struct.pack("!I", label)
+           + struct.pack("=BBHHHI", IPV6_FL_A_GET, IPV6_FL_S_ANY, IPV6_FL_F_CREATE, 0, 0, 0))
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, req)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWINFO_SEND, 1)
+    except OSError as exc:
+        log.warning("IPv6 flow label not set (%s); the kernel picks one per connection", exc.strerror)
+        return False
+    return True
+
+
 async def open_connection(host: str, port: int, *, mark: int = 0, local: str | None = None,
-                          timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
+                          timeout: float = CONNECT_TIMEOUT_S, flow_label: int = 0) -> socket.socket:
     """A connected non-blocking TCP socket (SO_MARK set before connecting, for policy
-    routing and the kill switch)."""
+    routing and the kill switch); over IPv6 with `flow_label` (1..2^19-1) set on it."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
@@ -179,6 +206,9 @@ async def open_connection(host: str, port: int, *, mark: int = 0, local: str | N
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             if local:
                 sock.bind((local, 0))
+            if family == socket.AF_INET6 and flow_label and _use_flow_label(sock, str(addr[0]), flow_label):
+                host6, port6, _flow, scope = addr  # type: ignore[misc]
+                addr = (host6, port6, flow_label, scope)
             sock.setblocking(False)
             await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
             return sock
