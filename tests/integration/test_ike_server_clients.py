@@ -129,3 +129,26 @@ def test_two_clients_addresses_forwarding_and_spoofing(lab: Lab, tmp_path: Path)
         ping(topo.client2, SERVER_INNER)
         alice.down()
         bob.down()
+
+
+def test_a_restarted_client_replaces_its_old_sa_at_once(lab: Lab, tmp_path: Path) -> None:
+    """RFC 7296 §2.4 (K16): a client that crashed and comes back sends INITIAL_CONTACT;
+    the server drops the identity's old IKE SA at once (not after DPD), and the address
+    goes to the new SA, still held by it once the old one is gone."""
+    topo = build_ike_topology(lab)
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server(clients=["alice@test"])
+        cli = ik.client(topo.client, "alice@test", protocol="tcp", dpd=30)
+        cli.up()
+        old = srv.wait_client("alice@test")
+        cli.kill9()  # no DELETE reaches the server
+        assert [c["spi_i"] for c in srv.clients()] == [old["spi_i"]]
+        cli.up()
+        new = srv.wait_client("alice@test", lambda c: c["spi_i"] != old["spi_i"])
+        clients = srv.clients()
+        assert [c["spi_i"] for c in clients] == [new["spi_i"]], clients  # the old one went
+        assert new["virtual_ip"] == old["virtual_ip"]
+        assert any("replaced (INITIAL_CONTACT)" in e for e in srv.events()), srv.events()
+        ping(topo.client, SERVER_INNER)
+        ping(topo.server, new["virtual_ip"][0])
+        cli.down()
