@@ -177,3 +177,40 @@ def test_return_path_moves_only_after_authentication(lab: Lab, tmp_path: Path) -
         assert closed.get("orphan", 0) == orphans and closed.get("auth_failed") == len(cases) - orphans, closed
         assert any("return path moved" in e for e in srv.events()) is False
         cli.down()
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "tls"])
+def test_the_client_closes_its_connection_after_the_delete(lab: Lab, tmp_path: Path, protocol: str) -> None:
+    """RFC 9329 §6.1 (T33), App. B.2 (T103): `vpn down` deletes the IKE SA, then the
+    Originator closes the connection itself (the first FIN is the client's), not left
+    to the server's orphan timer."""
+    from scapy.layers.inet import IP, TCP
+
+    from .manual import Capture
+
+    topo = build_ike_topology(lab)
+    port = 443 if protocol == "tls" else 4500
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server()
+        cli = ik.client(topo.client, "alice@test", protocol=protocol)
+        cli.up()
+        ping(topo.client, SERVER_INNER)
+        cap = Capture(topo.router, "r-c", f"tcp port {port}", tmp_path / "down.pcap")
+        cli.down()
+        wait_until(lambda: not srv.clients(), "the server to drop the SA", timeout=10)
+        packets = cap.stop()
+        orphans = srv.status()["listener"]["closed"].get("orphan", 0)
+    assert orphans == 0
+    tcp = [p for p in packets if TCP in p]
+    end_at = next((i for i, p in enumerate(tcp) if p[TCP].flags & 0x05), None)  # FIN or RST
+    assert end_at is not None, "the connection was not closed"
+    assert not any(p[IP].src == topo.base.server_v4 and p[TCP].flags & 0x04 for p in tcp), "the server reset"
+    first = tcp[end_at]
+    if protocol == "tcp":
+        assert first[IP].src == topo.base.client_v4 and first[TCP].flags == "FA", first.summary()
+    else:
+        # App. B.2 (T103): the client's close_notify comes before any FIN: a 24-byte
+        # TLS 1.3 record (5 header + 2 alert + 1 content type + 16 tag)
+        sent = [bytes(p[TCP].payload) for p in tcp[:end_at + 1]
+                if p[IP].src == topo.base.client_v4 and len(p[TCP].payload)]
+        assert sent and len(sent[-1]) == 24 and sent[-1][:3] == b"\x17\x03\x03", sent[-1:]

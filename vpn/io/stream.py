@@ -158,10 +158,22 @@ class StreamLink:
         if self._writing:
             self.loop.remove_writer(fd)
         self.conn.close()
+        _discard_unread(self.sock)
         self.sock.close()
         if not self.closed.done():
             self.closed.set_result(reason)
         self.on_closed(self, reason)
+
+
+def _discard_unread(sock: socket.socket, rounds: int = 8) -> None:
+    """Read what already arrived (say, the peer's own close_notify) so that close()
+    ends the connection with a FIN, not a reset (Linux resets on unread data)."""
+    for _ in range(rounds):
+        try:
+            if not sock.recv(65536):
+                return
+        except OSError:  # nothing more (EAGAIN), or the connection is already gone
+            return
 
 
 def _peer(sock: socket.socket) -> tuple[str, int] | None:
