@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpn import client
+from vpn import client, policies
 from vpn.cli import format_status
 from vpn.ike.policy import RetransmitPolicy
 from vpn.io import paths
@@ -19,15 +19,15 @@ from vpn.io import paths
 
 @given(st.integers(min_value=2, max_value=3600))
 def test_the_retransmissions_fit_the_peer_timeout(total: int) -> None:
-    rt = client.retransmit_policy(float(total))
+    rt = policies.retransmit_policy(float(total))
     assert rt.total() <= total * 1.01
     assert rt.stream_timeout() == total  # TCP: no resends, one timeout (RFC 9329 §6.2)
     assert rt.tries >= 2  # a lost datagram or two never declares the server dead
-    assert rt.interval(0) <= client.RETRANSMIT_FIRST_S
+    assert rt.interval(0) <= policies.RETRANSMIT_FIRST_S
 
 
 def test_the_default_peer_timeout_is_strongswans_schedule() -> None:
-    rt = client.retransmit_policy(165.0)
+    rt = policies.retransmit_policy(165.0)
     default = RetransmitPolicy()
     assert (rt.timeout, rt.base, rt.tries) == (default.timeout, default.base, default.tries)
 

@@ -177,6 +177,7 @@ def test_ike_server_config(tmp_path: Path) -> None:
     assert cfg.server.clients[1].psk == b"bob-secret-bob-secret-0123"
     assert str(cfg.server.pool4) == "10.10.0.0/24" and cfg.server.tcp_port == 4500
     assert cfg.server.udp and cfg.server.tls_port == 0
+    assert cfg.server.peer_timeout_s == 300  # RFC 4555 §3.11: long enough for a client to move
     assert "bob-secret" not in repr(cfg)
 
 
@@ -301,3 +302,15 @@ def test_bad_proposals_name_file_key_and_fix(tmp_path: Path, text: str, line: st
     assert msg.startswith(f"{tmp_path / 'c.toml'}: {key}: "), msg
     for w in words:
         assert w in msg, msg
+
+
+@pytest.mark.parametrize(("extra", "seconds"), [("", 300), ("peer_timeout = 600\n", 600)])
+def test_server_peer_timeout_reaches_the_session_policy(tmp_path: Path, extra: str, seconds: int) -> None:
+    """RFC 4555 §3.11 (M06): the server waits long for a silent client (5 min default)."""
+    from vpn.policies import server_policy
+
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    text = IKE_SERVER.replace("[server]\n", "[server]\n" + extra, 1)
+    policy, _pool = server_policy(config.load(write(tmp_path, text)))
+    assert policy.retransmit.stream_timeout() == seconds
+    assert seconds * 0.8 <= policy.retransmit.total() <= seconds * 1.01

@@ -36,7 +36,7 @@ from typing import Any
 from vpn import config
 from vpn.ike import events as ev
 from vpn.ike.message import is_response
-from vpn.ike.policy import RetransmitPolicy, SessionPolicy
+from vpn.ike.policy import SessionPolicy
 from vpn.ike.sa import TaskKind
 from vpn.ike.session import IkeSession, Outgoing
 from vpn.io import dns, paths
@@ -49,7 +49,7 @@ from vpn.io.stream import Backoff, StreamLink, new_flow_label, open_connection
 from vpn.io.tls import TlsClientSettings, TlsLink, client_context
 from vpn.io.udp import UdpLink, udp_socket
 from vpn.manual import wireshark_esp_sa_line
-from vpn.policies import PolicyError, client_policy
+from vpn.policies import PolicyError, client_policy, retransmit_policy
 
 FWMARK = 0x5650  # our outer sockets carry it; policy routing keeps them out of the tunnel
 ROUTE_TABLE = 0x5650
@@ -59,9 +59,6 @@ NATT_KEEPALIVE_S = 20.0  # RFC 3948 §4
 HOUSEKEEPING_S = 1.0
 IKE_UDP_PORT = 500
 NATT_PORT = 4500
-RETRANSMIT_FIRST_S = 4.0  # RFC 7296 §2.4 / strongSwan: 4 s, then x1.8 per resend
-RETRANSMIT_BASE = 1.8
-MAX_RESENDS = 20
 STABLE_LINK_S = 5.0  # a connection that died sooner than this is retried only after a backoff
 DPD_KIND = TaskKind.DPD.value
 PROBE_RETRY_S = 1.0  # a UDP probe waits this long for an exchange in flight to finish
@@ -97,18 +94,6 @@ def undo_leftovers(name: str, *, keep_kill_switch: bool = False) -> list[str]:
     if not keep_kill_switch and KillSwitch(name, kill_switch_state_path(name)).remove():
         done.append("kill switch")
     return done
-
-
-def retransmit_policy(total_s: float) -> RetransmitPolicy:
-    """Resends with exponential backoff (RFC 7296 §2.1) that give up after about
-    `total_s`: the time a dead server (DPD, RFC 7296 §2.4) takes to be noticed. Over TCP
-    there are no resends; the request times out after `total_s` (RFC 9329 §6.2)."""
-    first = min(RETRANSMIT_FIRST_S, total_s / (1 + RETRANSMIT_BASE + RETRANSMIT_BASE**2))
-    tries = 0
-    while tries < MAX_RESENDS and RetransmitPolicy(timeout=first, base=RETRANSMIT_BASE,
-                                                   tries=tries + 1).total() <= total_s * 1.01:
-        tries += 1
-    return RetransmitPolicy(timeout=first, base=RETRANSMIT_BASE, tries=tries, tcp_timeout=total_s)
 
 
 class _ConnectFailed(OSError):

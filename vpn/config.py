@@ -297,6 +297,7 @@ class ServerConfig:
     dpd_s: float
     child_rekey_s: float = 3600.0  # Child SA rekey time (RFC 7296 §2.8)
     child_rekey_bytes: int = 0  # rekey after this many inner bytes in one direction (0: off)
+    peer_timeout_s: float = 300.0  # an unanswered request (DPD) ends a client's IKE SA after this
     ike_proposals: tuple[IkeProposal, ...] = DEFAULT_IKE_PROPOSALS  # RFC 7296 §3.3 (K06)
     esp_proposals: tuple[EspProposal, ...] = DEFAULT_ESP_PROPOSALS
 
@@ -475,6 +476,8 @@ def _server(sec: _Section, top: _Section, path: Path) -> ServerConfig:
         dpd_s=float(sec.int_range("dpd", 0, 3600, 60)),
         child_rekey_s=float(sec.int_range("rekey", MIN_REKEY_S, 86400, 3600)),
         child_rekey_bytes=_rekey_bytes(sec),
+        peer_timeout_s=float(sec.int_range("peer_timeout", 2, 3600, 300,
+                                           why="seconds an unanswered request (e.g. DPD) may take")),
         ike_proposals=_proposals(sec, "ike_proposals", parse_ike_proposals, DEFAULT_IKE_PROPOSALS),
         esp_proposals=_proposals(sec, "esp_proposals", parse_esp_proposals, DEFAULT_ESP_PROPOSALS),
     )

@@ -30,10 +30,27 @@ from vpn.ike.policy import (
     Identity,
     Lifetimes,
     PoolAllocator,
+    RetransmitPolicy,
     SessionPolicy,
     VirtualIpRequest,
 )
 from vpn.proposals import requires_pfs
+
+RETRANSMIT_FIRST_S = 4.0  # RFC 7296 §2.4 / strongSwan: 4 s, then x1.8 per resend
+RETRANSMIT_BASE = 1.8
+MAX_RESENDS = 20
+
+
+def retransmit_policy(total_s: float) -> RetransmitPolicy:
+    """Resends with exponential backoff (RFC 7296 §2.1) that give up after about
+    `total_s`: the time a dead peer (DPD, RFC 7296 §2.4) takes to be noticed. Over TCP
+    there are no resends; the request times out after `total_s` (RFC 9329 §6.2)."""
+    first = min(RETRANSMIT_FIRST_S, total_s / (1 + RETRANSMIT_BASE + RETRANSMIT_BASE**2))
+    tries = 0
+    while tries < MAX_RESENDS and RetransmitPolicy(timeout=first, base=RETRANSMIT_BASE,
+                                                   tries=tries + 1).total() <= total_s * 1.01:
+        tries += 1
+    return RetransmitPolicy(timeout=first, base=RETRANSMIT_BASE, tries=tries, tcp_timeout=total_s)
 
 
 class PolicyError(Exception):
@@ -131,6 +148,9 @@ def server_policy(cfg: config.Config) -> tuple[SessionPolicy, PoolAllocator]:
         child=_child(srv.esp_proposals, local_ts=local_ts),
         lifetimes=Lifetimes(child_rekey_seconds=srv.child_rekey_s, child_lifetime_seconds=srv.child_rekey_s * 1.1),
         dpd=DpdPolicy(interval=srv.dpd_s),
+        # RFC 4555 §3.11 (M06): a long wait before a silent client is declared dead, so
+        # that a client moving between networks has time to come back
+        retransmit=retransmit_policy(srv.peer_timeout_s),
         allocator=allocator,
         require_virtual_ip=False,
         force_udp_encapsulation=True,
