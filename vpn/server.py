@@ -309,9 +309,11 @@ class IkeServer(TunnelHost):
             self.link_owner[via] = client
             if client.link is not via:
                 self._move_to(client, via, "IKE")
-        elif local_port == NATT_PORT and self.udp4500 is not None and not client.session.mobike:
-            # RFC 7296 §2.23 dynamic update; with MOBIKE only UPDATE_SA_ADDRESSES moves the
-            # IKE path (RFC 4555 §3.8), through the PeerAddressChanged event
+        elif local_port == NATT_PORT and self.udp4500 is not None and (
+                client.udp_local_port != NATT_PORT or not client.session.mobike):
+            # RFC 7296 §2.23: IKE floats to port 4500 after NAT detection, then follows
+            # the latest authenticated address; with MOBIKE, after the float only
+            # UPDATE_SA_ADDRESSES moves the IKE path (RFC 4555 §3.8, PeerAddressChanged)
             client.udp_local_port = NATT_PORT
             client.udp_remote = remote
             client.peer.set_addr(*self.udp4500.dest(*remote))  # ESP goes there too

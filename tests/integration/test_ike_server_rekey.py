@@ -34,6 +34,13 @@ def test_child_sa_rekey_under_load(lab: Lab, tmp_path: Path, protocol: str) -> N
         srv = ik.server(extra=f"rekey_bytes = {REKEY_BYTES}\n")
         cli = ik.client(topo.client, "alice@test", protocol=protocol)
         cli.up()
+        if protocol == "udp":
+            # RFC 7296 §2.23: after NAT detection all IKE (the server's rekey requests
+            # too) and ESP use port 4500; nothing may need port 500 any more
+            topo.router.nft("add table inet no500\n"
+                            "add chain inet no500 f { type filter hook forward priority 0; }\n"
+                            "add rule inet no500 f udp sport 500 drop\n"
+                            "add rule inet no500 f udp dport 500 drop\n")
         ping(topo.client, SERVER_INNER)
         first = srv.client("alice@test")
         assert first is not None and len(first["child_sas"]) == 1
