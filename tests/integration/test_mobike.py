@@ -26,11 +26,17 @@ from .test_tls_transport import make_cert
 
 MOBIKE_WAIT_S = 2
 UDP_PROBE_S = 3
-BLOCK_UDP_ON_UPLINK2 = (
-    "add table inet mob\n"
-    "add chain inet mob f { type filter hook forward priority 0; }\n"
-    "add rule inet mob f iifname r-c2 udp dport { 500, 4500 } drop\n"
-)
+
+
+def block_udp(table: str, iifname: str | None = None) -> str:
+    """nft commands that drop IKE/ESP over UDP in the router (from one uplink, or all)."""
+    match = f"iifname {iifname} " if iifname else ""
+    return (f"add table inet {table}\n"
+            f"add chain inet {table} f {{ type filter hook forward priority 0; }}\n"
+            f"add rule inet {table} f {match}udp dport {{ 500, 4500 }} drop\n")
+
+
+BLOCK_UDP_ON_UPLINK2 = block_udp("mob", "r-c2")
 # a NAT in the router that gives the client another outer address on each uplink
 NAT_PER_UPLINK = (
     "add table ip mobnat\n"
@@ -52,6 +58,14 @@ def _client_cfg(fallback: str) -> dict[str, Any]:
                 peer_timeout=30,
                 transport_extra=f"mobike_wait = {MOBIKE_WAIT_S}\nudp_probe = {UDP_PROBE_S}",
                 ike_extra=f'fallback = "{fallback}"')
+
+
+def _auto_cfg(udp_probe: int = UDP_PROBE_S) -> dict[str, Any]:
+    """`protocol = "auto"` (UDP first, TCP after 1.5 s of silence) with MOBIKE."""
+    cfg = _client_cfg("tcp")
+    cfg.update(protocol="auto", fallback_after=1.5,
+               transport_extra=f"mobike_wait = {MOBIKE_WAIT_S}\nudp_probe = {udp_probe}")
+    return cfg
 
 
 def _spis(st: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]]]:
@@ -260,11 +274,8 @@ def test_auto_fallback_moves_to_udp_once_it_works(two_uplinks: TwoUplinkTopology
     §5.1); with MOBIKE the client keeps probing UDP and, once UDP passes, moves that
     same IKE SA to UDP and closes the stream (RFC 9329 §9: UDP is preferred)."""
     t = two_uplinks
-    t.router.nft("add table inet blk\n"
-                 "add chain inet blk f { type filter hook forward priority 0; }\n"
-                 "add rule inet blk f udp dport { 500, 4500 } drop\n")
-    cfg = _client_cfg("tcp")
-    cfg["protocol"], cfg["fallback_after"] = "auto", 1.5
+    t.router.nft(block_udp("blk"))
+    cfg = _auto_cfg()
     with ike_tunnel(t, tmp_path, **cfg) as vpn:
         vpn.server.start()
         vpn.client.up()
@@ -291,12 +302,8 @@ def test_on_a_stream_a_new_network_tries_udp_at_once(two_uplinks: TwoUplinkTopol
     moves to a network where UDP passes: it reconnects the stream and tries UDP right
     away (not at the next periodic probe, a minute away here), and ends up on UDP."""
     t = two_uplinks
-    t.router.nft("add table inet blk1\n"
-                 "add chain inet blk1 f { type filter hook forward priority 0; }\n"
-                 "add rule inet blk1 f iifname r-c udp dport { 500, 4500 } drop\n")
-    cfg = _client_cfg("tcp")
-    cfg["protocol"], cfg["fallback_after"] = "auto", 1.5
-    cfg["transport_extra"] = f"mobike_wait = {MOBIKE_WAIT_S}\nudp_probe = 60"
+    t.router.nft(block_udp("blk1", "r-c"))
+    cfg = _auto_cfg(udp_probe=60)
     with ike_tunnel(t, tmp_path, **cfg) as vpn:
         vpn.server.start()
         vpn.client.up()
