@@ -59,7 +59,9 @@ struct dp_binding {
     uint32_t spi;
     vpn_dp_peer *peer;
     uint32_t n_ranges;
-    vpn_dp_range ranges[VPN_DP_MAX_TS];
+    vpn_dp_range ranges[VPN_DP_MAX_TS];     /* inner sources (the peer's selectors) */
+    uint32_t n_dst;                         /* 0: any destination */
+    vpn_dp_range dst[VPN_DP_MAX_TS];        /* inner destinations (our selectors) */
 };
 
 struct dp_route {
@@ -482,6 +484,21 @@ int vpn_dp_bind_spi(vpn_dp *dp, uint32_t spi, vpn_dp_peer *p, const vpn_dp_range
     return VPN_OK;
 }
 
+int vpn_dp_bind_spi_dst(vpn_dp *dp, uint32_t spi, const vpn_dp_range *ranges, uint32_t n_ranges)
+{
+    if (n_ranges > VPN_DP_MAX_TS)
+        return VPN_ST_BAD_ARG;
+    for (uint32_t i = 0; i < n_ranges; i++)
+        if (ranges[i].family != 4 && ranges[i].family != 6)
+            return VPN_ST_BAD_ARG;
+    struct dp_binding *b = binding_find(dp, spi);
+    if (!b)
+        return VPN_ST_UNKNOWN_SPI;
+    b->n_dst = n_ranges;
+    memcpy(b->dst, ranges, n_ranges * sizeof(*ranges));
+    return VPN_OK;
+}
+
 int vpn_dp_unbind_spi(vpn_dp *dp, uint32_t spi)
 {
     for (struct dp_binding **pp = &dp->bind[bucket_of(spi)]; *pp; pp = &(*pp)->next) {
@@ -739,12 +756,18 @@ static void accept_inner(vpn_dp *dp, const vpn_pkt *pk, vpn_dp_conn *via,
         return;
     }
     struct dp_binding *b = binding_find(dp, pk->spi);
-    const uint8_t *src;
+    const uint8_t *src, *dst;
     int fam = inner_addr(pkt, pk->len, 0, &src);
     int ok = 0;
     if (b && fam) {
         for (uint32_t i = 0; i < b->n_ranges && !ok; i++)
             ok = addr_in_range(&b->ranges[i], fam, src);
+        if (ok && b->n_dst) {  /* RFC 4301 §5.2: the destination must be ours too */
+            inner_addr(pkt, pk->len, 1, &dst);
+            ok = 0;
+            for (uint32_t i = 0; i < b->n_dst && !ok; i++)
+                ok = addr_in_range(&b->dst[i], fam, dst);
+        }
     }
     if (!ok) {
         dp->ctr.ts_violation++;

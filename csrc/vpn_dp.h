@@ -153,6 +153,9 @@ void vpn_dp_set_default_peer(vpn_dp *dp, vpn_dp_peer *p);
  * dropped (counted as ts_violation). */
 int vpn_dp_bind_spi(vpn_dp *dp, uint32_t spi, vpn_dp_peer *p, const vpn_dp_range *ranges,
                     uint32_t n_ranges);
+/* The inner destination ranges the same SPI may carry (our side's traffic selectors,
+ * RFC 4301 §5.2); none set (n_ranges 0) means any destination. The SPI must be bound. */
+int vpn_dp_bind_spi_dst(vpn_dp *dp, uint32_t spi, const vpn_dp_range *ranges, uint32_t n_ranges);
 int vpn_dp_unbind_spi(vpn_dp *dp, uint32_t spi);
 
 /* Send: read the TUN and seal. Returns VPN_DP_* flags; *err is an errno for

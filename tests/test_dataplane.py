@@ -171,6 +171,27 @@ def test_spoofed_inner_source_is_dropped_and_counted(tcp_pair: tuple[Side, Side]
     assert b.dp.counters()["ts_violation"] == 1 and b.peer.counters()["ts_violation"] == 1
 
 
+def test_inner_destination_outside_our_selectors_is_dropped(tcp_pair: tuple[Side, Side]) -> None:
+    """RFC 4301 §5.2: the destination must lie in the receiver's own selectors too (a
+    client may reach only the subnets the server offers)."""
+    a, b = tcp_pair
+    b.dp.bind_spi(0x1001, b.peer, [NET_A], [ipaddress.ip_network("10.0.1.0/25")])
+    for dst, payload in (("10.0.1.7", b"inside"), ("10.0.1.200", b"outside"), ("192.0.2.1", b"far")):
+        a.app.send(VNET0 + ping("10.0.0.9", dst, payload))
+    a.dp.tun_to_net()
+    b.conn.rx()
+    got = read_all(b.app)
+    assert len(got) == 1 and got[0].endswith(b"inside")
+    assert b.dp.counters()["ts_violation"] == 2 and b.peer.counters()["ts_violation"] == 2
+    b.dp.bind_spi(0x1001, b.peer, [NET_A])  # no destinations given: any
+    a.app.send(VNET0 + ping("10.0.0.9", "192.0.2.1", b"far"))
+    a.dp.tun_to_net()
+    b.conn.rx()
+    assert len(read_all(b.app)) == 1
+    with pytest.raises(ValueError, match="too many traffic selectors"):
+        b.dp.bind_spi(0x1001, b.peer, [NET_A], [NET_B] * 99)
+
+
 def test_garbage_counted_stream_closed_after_fatal_length(tcp_pair: tuple[Side, Side]) -> None:
     a, b = tcp_pair
     junk_esp = b"\xde\xad\xbe\xef" + os.urandom(40)  # an SPI nobody has

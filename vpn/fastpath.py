@@ -622,6 +622,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Range = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ipaddress.IPv4Address | ipaddress.IPv6Address]
 
 
+def _ranges(nets: Sequence[Network | Range]) -> tuple[object, int]:
+    """Traffic-selector address ranges as a C array (vpn_dp_range)."""
+    n = len(nets)
+    if n > int(lib.VPN_DP_MAX_TS):
+        raise ValueError("too many traffic selectors for one SA")
+    ranges = ffi.new("vpn_dp_range[]", max(n, 1))
+    for i, net in enumerate(nets):
+        first, last = (net.network_address, net.broadcast_address) if not isinstance(net, tuple) else net
+        ranges[i].family = first.version
+        ffi.memmove(ranges[i].start, first.packed, len(first.packed))
+        ffi.memmove(ranges[i].end, last.packed, len(last.packed))
+    return ranges, n
+
+
 def _struct_dict(s: object, ctype: str) -> dict[str, int]:
     return {name: int(getattr(s, name)) for name, _ in ffi.typeof(ctype).fields}
 
@@ -729,19 +743,16 @@ class Dataplane:
         lib.vpn_dp_set_default_peer(self.handle, peer.handle if peer else ffi.NULL)
         self._default = peer
 
-    def bind_spi(self, spi: int, peer: DpPeer, sources: Sequence[Network | Range]) -> None:
-        """Inbound `spi` belongs to `peer` and may carry inner sources in `sources`
-        (RFC 4301 §5.2); packets from anywhere else are dropped and counted."""
-        n = len(sources)
-        if n > int(lib.VPN_DP_MAX_TS):
-            raise ValueError("too many traffic selectors for one SA")
-        ranges = ffi.new("vpn_dp_range[]", max(n, 1))
-        for i, src in enumerate(sources):
-            first, last = (src.network_address, src.broadcast_address) if not isinstance(src, tuple) else src
-            ranges[i].family = first.version
-            ffi.memmove(ranges[i].start, first.packed, len(first.packed))
-            ffi.memmove(ranges[i].end, last.packed, len(last.packed))
-        st = lib.vpn_dp_bind_spi(self.handle, spi, peer.handle, ranges, n)
+    def bind_spi(self, spi: int, peer: DpPeer, sources: Sequence[Network | Range],
+                 destinations: Sequence[Network | Range] = ()) -> None:
+        """Inbound `spi` belongs to `peer` and may carry inner sources in `sources` and,
+        if given, inner destinations in `destinations` (our selectors; RFC 4301 §5.2);
+        other packets are dropped and counted (ts_violation)."""
+        src, n = _ranges(sources)
+        st = lib.vpn_dp_bind_spi(self.handle, spi, peer.handle, src, n)
+        if st == lib.VPN_OK:
+            dst, m = _ranges(destinations)
+            st = lib.vpn_dp_bind_spi_dst(self.handle, spi, dst, m)
         if st != lib.VPN_OK:
             raise ValueError(f"cannot bind SPI {spi:08x}: {status_name(st)}")
 

@@ -83,3 +83,22 @@ def test_uplink_masquerade_and_mss_clamp(lab: Lab, tmp_path: Path) -> None:
         assert srv.stop(signal.SIGTERM) == 0
         assert "vpn_iks" not in ns_state(topo.server)["nft"]
         cli.down()
+
+
+def test_a_client_reaches_only_the_offered_subnets(lab: Lab, tmp_path: Path) -> None:
+    """RFC 4301 §5.2: with `subnets` the server narrows the client's TSr to them and
+    drops (and counts) inner packets to anywhere else, even if the client routes them
+    into the tunnel."""
+    topo = build_ike_topology(lab, beyond=True)
+    assert topo.beyond is not None
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server(uplink=topo.uplink_if, extra=f'subnets = ["{POOL4}"]\n')
+        cli = ik.client(topo.client, "alice@test", protocol="tcp", routes=(POOL4, topo.beyond_net))
+        cli.up()
+        assert [c["ts_remote"] for c in cli.status()["child_sas"]] == [[f"{POOL4.split('/')[0]}-10.10.0.255"]]
+        ping(topo.client, SERVER_INNER)
+        r = topo.client.run(["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", topo.beyond_v4], check=False)
+        assert r.returncode != 0, "the host beyond the offered subnets was reached"
+        c = srv.client("alice@test")
+        assert c is not None and c["counters"]["ts_violation"] >= 3, c["counters"]
+        cli.down()

@@ -133,8 +133,10 @@ class ChildInstaller:
         out = fp.FastSa(SaParams(spi=spi_out, key=child.keys_out.encr_key, salt=child.keys_out.salt,
                                  esn=alg.esn, soft_bytes=self.soft_bytes), outbound=True)
         self.dp.install_inbound(inb)
-        # RFC 4301 §5.2: what arrives on this SA must come from the peer's selectors
-        self.dp.bind_spi(spi_in, self.peer, _ts_ranges(child.ts_remote))
+        # RFC 4301 §5.2: what arrives on this SA must come from the peer's selectors and
+        # go to ours (a client may reach only the server's subnets, the server may send
+        # a client only its own addresses)
+        self.dp.bind_spi(spi_in, self.peer, _ts_ranges(child.ts_remote), _ts_ranges(child.ts_local))
         self.peer.set_sa(out)
         self.children[spi_in] = child
         self.outbound[spi_in] = out
