@@ -14,7 +14,8 @@
 
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 ASAN_DIR := build/asan
-ASAN_TESTS ?= tests/esp tests/test_framing.py tests/test_fastpath.py tests/test_outq.py tests/test_dataplane.py tests/io/test_offload.py
+ASAN_TESTS ?= tests/esp tests/test_framing.py tests/test_fastpath.py tests/test_outq.py tests/test_dataplane.py \
+              tests/test_dataplane_routes.py tests/io/test_offload.py tests/io/test_endpoint.py
 LIBASAN = $(shell gcc -print-file-name=libasan.so)
 
 .PHONY: asan test-asan clean-asan

@@ -28,7 +28,9 @@
 #define DP_BIND_BUCKETS 1024
 #define DP_GSO_MAX_SEGS 44          /* UDP_SEGMENT: at most 64 segments in one send */
 #define DP_GSO_MAX_BYTES 63000      /* and the whole send within one IP datagram */
-#define DP_MAX_ROUTES 4096
+#define DP_MAX_ROUTES 4096          /* prefixes shorter than a host's, searched in order */
+#define DP_HOST_BUCKETS 4096        /* host routes (/32, /128: one per client address) */
+#define DP_MAX_HOSTS 65536
 
 struct vpn_dp_conn {
     vpn_dp *dp;
@@ -71,6 +73,15 @@ struct dp_route {
     vpn_dp_peer *peer;
 };
 
+/* A full-length route in a hash table: a server's per-client virtual addresses are
+ * found in constant time however many clients it has. */
+struct dp_host {
+    struct dp_host *next;
+    int family;
+    uint8_t addr[16];
+    vpn_dp_peer *peer;
+};
+
 union dp_gso_ctl {
     char buf[CMSG_SPACE(sizeof(uint16_t))];
     struct cmsghdr align;
@@ -91,6 +102,8 @@ struct vpn_dp {
     vpn_dp_peer *default_peer;
     struct dp_route *routes;
     uint32_t n_routes;
+    struct dp_host *hosts[DP_HOST_BUCKETS];
+    uint32_t n_hosts;
     struct dp_binding *bind[DP_BIND_BUCKETS];
     vpn_dp_counters ctr;
     struct vpn_gso_stats gso;
@@ -176,14 +189,38 @@ static int inner_addr(const uint8_t *pkt, size_t len, int want_dst, const uint8_
     return 0;
 }
 
-static vpn_dp_peer *route_lookup(const vpn_dp *dp, const uint8_t *pkt, size_t len)
+static uint32_t host_bucket(int family, const uint8_t *addr)
 {
-    if (dp->n_routes == 0)
+    uint32_t h = 2166136261u;  /* FNV-1a */
+    for (size_t i = 0; i < (family == 4 ? 4u : 16u); i++) {
+        h ^= addr[i];
+        h *= 16777619u;
+    }
+    return h & (DP_HOST_BUCKETS - 1);
+}
+
+/* The link that points at the host route for addr (or at the NULL ending its chain). */
+static struct dp_host **host_link(vpn_dp *dp, int family, const uint8_t *addr)
+{
+    struct dp_host **pp = &dp->hosts[host_bucket(family, addr)];
+    while (*pp && !((*pp)->family == family && memcmp((*pp)->addr, addr, family == 4 ? 4 : 16) == 0))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static vpn_dp_peer *route_lookup(vpn_dp *dp, const uint8_t *pkt, size_t len)
+{
+    if (dp->n_routes == 0 && dp->n_hosts == 0)
         return dp->default_peer;
     const uint8_t *dst;
     int fam = inner_addr(pkt, len, 1, &dst);
     if (!fam)
         return NULL;
+    if (dp->n_hosts) {  /* a host route is the longest prefix there is */
+        struct dp_host *h = *host_link(dp, fam, dst);
+        if (h)
+            return h->peer;
+    }
     for (uint32_t i = 0; i < dp->n_routes; i++) {  /* sorted by prefix length, longest first */
         const struct dp_route *r = &dp->routes[i];
         if (r->family == fam && prefix_match(dst, r->addr, r->plen))
@@ -264,6 +301,14 @@ void vpn_dp_free(vpn_dp *dp)
             struct dp_binding *n = b->next;
             free(b);
             b = n;
+        }
+    }
+    for (uint32_t i = 0; i < DP_HOST_BUCKETS; i++) {
+        struct dp_host *h = dp->hosts[i];
+        while (h) {
+            struct dp_host *n = h->next;
+            free(h);
+            h = n;
         }
     }
     /* connections and peers are owned (and freed) by their Python wrappers */
@@ -384,6 +429,19 @@ void vpn_dp_peer_free(vpn_dp_peer *p)
             if (dp->routes[i].peer != p)
                 dp->routes[j++] = dp->routes[i];
         dp->n_routes = j;
+        for (uint32_t i = 0; i < DP_HOST_BUCKETS; i++) {
+            struct dp_host **pp = &dp->hosts[i];
+            while (*pp) {
+                if ((*pp)->peer == p) {
+                    struct dp_host *h = *pp;
+                    *pp = h->next;
+                    free(h);
+                    dp->n_hosts--;
+                } else {
+                    pp = &(*pp)->next;
+                }
+            }
+        }
         for (uint32_t i = 0; i < DP_BIND_BUCKETS; i++) {
             struct dp_binding **pp = &dp->bind[i];
             while (*pp) {
@@ -430,6 +488,24 @@ int vpn_dp_route_add(vpn_dp *dp, int family, const uint8_t *addr, int prefix_len
     int maxlen = family == 4 ? 32 : family == 6 ? 128 : -1;
     if (maxlen < 0 || prefix_len < 0 || prefix_len > maxlen || !p)
         return VPN_ST_BAD_ARG;
+    if (prefix_len == maxlen) {
+        struct dp_host **pp = host_link(dp, family, addr);
+        if (*pp) {
+            (*pp)->peer = p;  /* replaced */
+            return VPN_OK;
+        }
+        if (dp->n_hosts >= DP_MAX_HOSTS)
+            return VPN_ST_NO_SPACE;
+        struct dp_host *h = calloc(1, sizeof(*h));
+        if (!h)
+            return VPN_ST_NO_SPACE;
+        h->family = family;
+        memcpy(h->addr, addr, family == 4 ? 4 : 16);
+        h->peer = p;
+        *pp = h;
+        dp->n_hosts++;
+        return VPN_OK;
+    }
     vpn_dp_route_del(dp, family, addr, prefix_len);
     if (dp->n_routes >= DP_MAX_ROUTES)
         return VPN_ST_NO_SPACE;
@@ -448,6 +524,16 @@ int vpn_dp_route_add(vpn_dp *dp, int family, const uint8_t *addr, int prefix_len
 int vpn_dp_route_del(vpn_dp *dp, int family, const uint8_t *addr, int prefix_len)
 {
     size_t n = family == 4 ? 4 : 16;
+    if ((family == 4 && prefix_len == 32) || (family == 6 && prefix_len == 128)) {
+        struct dp_host **pp = host_link(dp, family, addr);
+        if (!*pp)
+            return VPN_ST_BAD_ARG;
+        struct dp_host *h = *pp;
+        *pp = h->next;
+        free(h);
+        dp->n_hosts--;
+        return VPN_OK;
+    }
     for (uint32_t i = 0; i < dp->n_routes; i++) {
         struct dp_route *r = &dp->routes[i];
         if (r->family == family && r->plen == prefix_len && memcmp(r->addr, addr, n) == 0) {

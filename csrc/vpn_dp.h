@@ -142,7 +142,8 @@ uint32_t vpn_dp_peer_get_addr(const vpn_dp_peer *p, uint8_t *addr, uint32_t cap)
 void vpn_dp_peer_set_follow(vpn_dp_peer *p, int follow);
 void vpn_dp_peer_get_counters(const vpn_dp_peer *p, vpn_dp_peer_counters *out);
 
-/* Routing: inner destination -> peer (longest prefix); default for a client. */
+/* Routing: inner destination -> peer (longest prefix; full-length host routes, one per
+ * client address, are hashed); the default peer is for a client. */
 int vpn_dp_route_add(vpn_dp *dp, int family, const uint8_t *addr, int prefix_len,
                      vpn_dp_peer *p);
 int vpn_dp_route_del(vpn_dp *dp, int family, const uint8_t *addr, int prefix_len);
