@@ -17,6 +17,7 @@ is stopped by PID, the clients' daemons with `vpn down` and, failing that, SIGKI
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -190,7 +191,9 @@ class IkeLab:
         return self.psks[identity]
 
     def server_config(self, *, clients: Sequence[str] = ("alice@test",), uplink: str | None = None,
-                      extra: str = "", name: str = SERVER_NAME) -> Path:
+                      extra: str = "", name: str = SERVER_NAME, inner6: str | None = None) -> Path:
+        """`inner6` ("addr/prefix"): the server's IPv6 tunnel address; its network becomes
+        the IPv6 pool."""
         entries = "".join(f'[[client]]\nidentity = "{c}"\npsk_file = "{self.psk_file(c)}"\n' for c in clients)
         server_psk = self.psk_file(SERVER_ID)
         path = self.workdir / f"{name}.toml"
@@ -198,7 +201,7 @@ class IkeLab:
             name = "{name}"
             mode = "ike"
             [tunnel]
-            addresses = ["{SERVER_INNER}/24"]
+            addresses = ["{SERVER_INNER}/24"{f', "{inner6}"' if inner6 else ""}]
             [server]
             identity = "{SERVER_ID}"
             psk_file = "{server_psk}"
@@ -207,12 +210,14 @@ class IkeLab:
             tls_key = "srv.key"
             pool4 = "{POOL4}"
             dns = ["{SERVER_INNER}"]
-            """) + (f'uplink = "{uplink}"\n' if uplink else "") + extra + entries)
+            """) + (f'uplink = "{uplink}"\n' if uplink else "")
+            + (f'pool6 = "{ipaddress.ip_interface(inner6).network}"\n' if inner6 else "") + extra + entries)
         return path
 
     def server(self, *, clients: Sequence[str] = ("alice@test",), uplink: str | None = None,
-               extra: str = "", start: bool = True) -> ServerProc:
-        srv = ServerProc(self.topo.server, self.server_config(clients=clients, uplink=uplink, extra=extra),
+               extra: str = "", start: bool = True, inner6: str | None = None) -> ServerProc:
+        srv = ServerProc(self.topo.server,
+                         self.server_config(clients=clients, uplink=uplink, extra=extra, inner6=inner6),
                          self.workdir / "run-server")
         self.servers.append(srv)
         if start:
@@ -270,7 +275,8 @@ def ike_lab(topo: IkeTopology, workdir: Path) -> Iterator[IkeLab]:
 
 
 def ping(ns: Netns, dst: str, *, count: int = 3, deadline_s: int = 10, source: str | None = None) -> str:
-    argv = ["ping", "-4", "-n", "-c", str(count), "-i", "0.2", "-w", str(deadline_s)]
+    family = "-6" if ":" in dst else "-4"
+    argv = ["ping", family, "-n", "-c", str(count), "-i", "0.2", "-w", str(deadline_s)]
     if source:
         argv += ["-I", source]
     r = ns.run([*argv, dst], timeout=deadline_s + 5, check=False)

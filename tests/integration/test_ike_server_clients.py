@@ -152,3 +152,31 @@ def test_a_restarted_client_replaces_its_old_sa_at_once(lab: Lab, tmp_path: Path
         ping(topo.client, SERVER_INNER)
         ping(topo.server, new["virtual_ip"][0])
         cli.down()
+
+
+def test_ipv4_and_ipv6_virtual_addresses(lab: Lab, tmp_path: Path) -> None:
+    """`[ike] ipv6 = true` asks for both families (RFC 7296 §3.15: INTERNAL_IP4_ADDRESS and
+    INTERNAL_IP6_ADDRESS); the server leases one of each from its pools, routes both in
+    C, and gives the same pair again after a reconnect."""
+    topo = build_ike_topology(lab)
+    inner6, net6 = "fd10:10::1", "fd10:10::/64"
+    with ike_lab(topo, tmp_path) as ik:
+        srv = ik.server(clients=["alice@test"], inner6=f"{inner6}/64")
+        cli = ik.client(topo.client, "alice@test", protocol="tcp", routes=("10.10.0.0/24", net6),
+                        ike_extra="ipv6 = true\n")
+        cli.up()
+        vips = cli.status()["virtual_ip"]
+        v4 = [v.split("/")[0] for v in vips if "." in v]
+        v6 = [v.split("/")[0] for v in vips if ":" in v]
+        assert len(v4) == 1 and len(v6) == 1 and v6[0].startswith("fd10:10::"), vips
+        c = srv.wait_client("alice@test")
+        assert sorted(c["virtual_ip"]) == sorted([v4[0], v6[0]]), c
+        ping(topo.client, inner6)
+        ping(topo.server, v6[0])
+        ping(topo.client, SERVER_INNER)
+        cli.down()
+        cli.up()
+        again = cli.status()["virtual_ip"]
+        assert sorted(again) == sorted(vips), (again, vips)
+        ping(topo.client, inner6)
+        cli.down()
