@@ -885,6 +885,7 @@ def _ike_status(session: IkeSession, mono: float, wall: float, client: IkeClient
 
     return {
         "spi_i": session.spi_i.hex(), "spi_r": session.spi_r.hex(),
+        "initiator": session.sa_initiator,  # of the current IKE SA: a rekey by the server swaps it
         "peer": str(session.peer_id), "algorithms": str(session.algorithms),
         "established_s_ago": ago(client.established_at),
         "rekey_in_s": until(times.ike_rekey_at), "expires_in_s": until(times.ike_expire_at),

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from .ike import ike_tunnel
 from .ike_server_helpers import SERVER_INNER, TimedTransfer, build_ike_topology, ike_lab, ping, wait_until
 from .manual import MB, Capture, split_frames, tcp_payload
-from .netns import Lab
+from .netns import Lab, Topology
 
 pytestmark = pytest.mark.netns
 
@@ -214,3 +215,51 @@ def test_the_client_closes_its_connection_after_the_delete(lab: Lab, tmp_path: P
         sent = [bytes(p[TCP].payload) for p in tcp[:end_at + 1]
                 if p[IP].src == topo.base.client_v4 and len(p[TCP].payload)]
         assert sent and len(sent[-1]) == 24 and sent[-1][:3] == b"\x17\x03\x03", sent[-1:]
+
+
+# `vpn serve` with an IKE SA lifetime of seconds, so that the server rekeys the IKE SA
+IKE_REKEYING_SERVER = """
+import dataclasses, sys
+from vpn import cli, server
+from vpn.ike.policy import Lifetimes
+real = server.server_policy
+def short(cfg):
+    policy, allocator = real(cfg)
+    lifetimes = Lifetimes(ike_rekey_seconds=6.0, ike_lifetime_seconds=600.0)
+    return dataclasses.replace(policy, lifetimes=lifetimes), allocator
+server.server_policy = short
+sys.exit(cli.main(["serve", sys.argv[1]]))
+"""
+
+
+def test_after_the_server_rekeys_the_ike_sa_the_client_stays_the_tcp_originator(topology: Topology,
+                                                                                  tmp_path: Path) -> None:
+    """RFC 9329 §1.2, §6.1: the server rekeys the IKE SA over TCP, so it initiated the
+    new IKE SA (RFC 7296 §2.18); the client is still the TCP Originator: when the
+    connection breaks it reconnects, the server never connects out, and the rekeyed IKE
+    SA goes on with the transfer intact."""
+    total = 16 * MB
+    with ike_tunnel(topology, tmp_path, protocol="tcp", server_script=IKE_REKEYING_SERVER) as vpn:
+        vpn.server.start()
+        vpn.client.up()
+        first = vpn.client.status()["ike_sa"]
+        assert first["initiator"] is True
+        st, _ = vpn.wait_status(lambda s: s["ike_sa"] and s["ike_sa"]["spi_i"] != first["spi_i"], 20,
+                                "the server's IKE SA rekey")
+        assert st["ike_sa"]["initiator"] is False, st["ike_sa"]  # the server made the new IKE SA
+        assert any("IKE SA rekeyed" in e for e in st["events"])
+        run = TimedTransfer(topology.client, topology.server, SERVER_INNER, total, rate=4 * MB)
+        run.wait_progress(2 * MB)
+        topology.router.nft(reset_rules(4500))
+        try:
+            wait_until(lambda: any("connection lost" in e for e in vpn.client.status()["events"]),
+                       "the client to see the reset", timeout=10)
+            time.sleep(OUTAGE_S)
+        finally:
+            topology.router.run(["nft", "delete", "table", "inet", "ikereset"])
+        assert run.received < total, "the transfer ended before the reset: nothing was tested"
+        run.finish().assert_intact(total)
+        after = vpn.client.status()
+        assert after["sessions_started"] == 1 and after["transport"] == "tcp"  # the same IKE SA family
+        assert after["connections"] == 1
+        vpn.ping(SERVER_INNER)

@@ -307,6 +307,12 @@ class IkeSession:
         return self._initiator
 
     @property
+    def sa_initiator(self) -> bool:
+        """Whether this side initiated the current IKE SA: after the peer rekeyed it, the
+        peer is its initiator (RFC 7296 §2.18), while the session's role stays."""
+        return self._sa.initiator if self._sa is not None else self._initiator
+
+    @property
     def established(self) -> bool:
         return not self._closed and self._sa is not None and self._sa.fsm.state in LIVE_STATES
 
