@@ -314,3 +314,18 @@ def test_server_peer_timeout_reaches_the_session_policy(tmp_path: Path, extra: s
     policy, _pool = server_policy(config.load(write(tmp_path, text)))
     assert policy.retransmit.stream_timeout() == seconds
     assert seconds * 0.8 <= policy.retransmit.total() <= seconds * 1.01
+
+
+def test_server_selectors_keep_its_own_and_dns_addresses(tmp_path: Path) -> None:
+    """`subnets` narrows what clients may reach (TSr); the server's tunnel address and
+    the DNS servers it pushes are added where no subnet covers them."""
+    from vpn.policies import server_policy
+
+    write(tmp_path, "0123456789abcdef0123\n", name="alice.psk")
+    text = IKE_SERVER.replace('dns = ["10.10.0.1"]', 'dns = ["10.10.0.1", "192.0.2.53"]\nsubnets = ["198.51.100.0/24"]')
+    policy, _pool = server_policy(config.load(write(tmp_path, text)))
+    got = [f"{t.start}-{t.end}" for t in policy.child.local_ts]
+    assert got == ["198.51.100.0-198.51.100.255", "10.10.0.1-10.10.0.1", "192.0.2.53-192.0.2.53"]
+    default, _pool = server_policy(config.load(write(tmp_path, IKE_SERVER)))
+    assert [f"{t.start}-{t.end}" for t in default.child.local_ts] == [
+        "0.0.0.0-255.255.255.255", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]

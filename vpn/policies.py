@@ -140,7 +140,7 @@ def server_policy(cfg: config.Config) -> tuple[SessionPolicy, PoolAllocator]:
         auth = PskAuthenticator(lookup, peers=known)
     exclude = [a.ip for a in cfg.tunnel.addresses]
     allocator = PoolAllocator(srv.pool4, srv.pool6, dns=srv.dns, exclude=exclude)
-    local_ts = tuple(TrafficSelector.from_network(str(n)) for n in srv.subnets)
+    local_ts = _server_selectors(srv.subnets, [*srv.dns, *exclude])
     policy = SessionPolicy(
         local_id=Identity.parse(srv.identity),
         authenticator=auth,
@@ -156,6 +156,18 @@ def server_policy(cfg: config.Config) -> tuple[SessionPolicy, PoolAllocator]:
         force_udp_encapsulation=True,
     )
     return policy, allocator
+
+
+def _server_selectors(subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+                      own: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> tuple[TrafficSelector, ...]:
+    """TSr: the subnets clients may reach, plus the server's own tunnel addresses and the
+    DNS servers it pushes where no subnet covers them (the dataplane drops traffic to
+    anything else, RFC 4301 §5.2, and a pushed DNS server must stay reachable)."""
+    nets = list(subnets)
+    for addr in own:
+        if not any(addr in n for n in nets):
+            nets.append(ipaddress.ip_network(addr))
+    return tuple(TrafficSelector.from_network(str(n)) for n in nets)
 
 
 def lease_networks(addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
