@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .ike import ike_tunnel
 from .ike_server_helpers import SERVER_INNER, TimedTransfer, build_ike_topology, ike_lab, ping, wait_until
 from .manual import MB, Capture, split_frames, tcp_payload
-from .netns import Lab, Topology
+from .netns import Lab, Netns, Topology
 
 pytestmark = pytest.mark.netns
 
@@ -40,6 +42,18 @@ table inet ikereset {{
     }}
 }}
 """
+
+
+def reset_once(router: Netns, port: int, client_status: Callable[[], dict[str, Any]]) -> None:
+    """Reset the client's connection in the router until the client notices, and keep
+    resetting for OUTAGE_S more."""
+    router.nft(reset_rules(port))
+    try:
+        wait_until(lambda: any("connection lost" in e for e in client_status()["events"]),
+                   "the client to see the reset", timeout=10)
+        time.sleep(OUTAGE_S)
+    finally:
+        router.run(["nft", "delete", "table", "inet", "ikereset"])
 
 
 def sa_ids(st: dict[str, object]) -> tuple[str, str, list[str]]:
@@ -66,13 +80,7 @@ def test_reset_mid_transfer_keeps_the_ike_sa(lab: Lab, tmp_path: Path, protocol:
 
         run = TimedTransfer(topo.client, topo.server, SERVER_INNER, TOTAL, rate=RATE)
         run.wait_progress(TOTAL // 4)
-        topo.router.nft(reset_rules(port))
-        try:
-            wait_until(lambda: any("connection lost" in e for e in cli.status()["events"]),
-                       "the client to see the reset", timeout=10)
-            time.sleep(OUTAGE_S)
-        finally:
-            topo.router.run(["nft", "delete", "table", "inet", "ikereset"])
+        reset_once(topo.router, port, cli.status)
         assert run.received < TOTAL, "the transfer ended before the reset: nothing was tested"
         run.finish().assert_intact(TOTAL)
 
@@ -250,13 +258,7 @@ def test_after_the_server_rekeys_the_ike_sa_the_client_stays_the_tcp_originator(
         assert any("IKE SA rekeyed" in e for e in st["events"])
         run = TimedTransfer(topology.client, topology.server, SERVER_INNER, total, rate=4 * MB)
         run.wait_progress(2 * MB)
-        topology.router.nft(reset_rules(4500))
-        try:
-            wait_until(lambda: any("connection lost" in e for e in vpn.client.status()["events"]),
-                       "the client to see the reset", timeout=10)
-            time.sleep(OUTAGE_S)
-        finally:
-            topology.router.run(["nft", "delete", "table", "inet", "ikereset"])
+        reset_once(topology.router, 4500, vpn.client.status)
         assert run.received < total, "the transfer ended before the reset: nothing was tested"
         run.finish().assert_intact(total)
         after = vpn.client.status()
