@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 from bench.rows.base import Row, RowEnv, RowError, Side
 from bench.rows.keys import make_pki
+from bench.rows.vpn_cli import adopt_daemon, vpn_argv
 
 NAMES: dict[Side, str] = {"server": "vpnis", "client": "vpnic"}  # also the TUN names
 CLIENT_ID = "bench@vpn.test"
@@ -39,9 +38,6 @@ def _write_private(path: Path, text: str) -> Path:
 class _VpnIke(Row):
     protocol: ClassVar[str]
     needs = {"env": "coreutils"}
-
-    def _argv(self, env: RowEnv, side: Side, *args: str) -> list[str]:
-        return ["env", f"VPN_RUN_DIR={env.workdir / f'run-{side}'}", sys.executable, "-m", "vpn.cli", *args]
 
     def _server_config(self, env: RowEnv, psk: Path) -> Path:
         inner = env.inner
@@ -78,25 +74,22 @@ class _VpnIke(Row):
 
     def up(self, env: RowEnv) -> list[int]:
         psk = _write_private(env.workdir / "psk", secrets.token_urlsafe(32) + "\n")
-        server = env.spawn("server", self._argv(env, "server", "serve", str(self._server_config(env, psk))),
+        server = env.spawn("server", vpn_argv(env, "server", "serve", str(self._server_config(env, psk))),
                            name="vpn-serve")
         env.wait_for("vpn serve", lambda: self._serving(env), timeout=30)
-        out = env.run("client", self._argv(env, "client", "up", str(self._client_config(env, psk))), timeout=60)
-        m = re.search(r"daemon pid (\d+), log (\S+)\)", out)
-        if m is None:
-            raise RowError(f"vpn up did not report its daemon: {out.strip()}")
-        return [server, env.adopt(int(m.group(1)), "vpn-client", log=Path(m.group(2)))]
+        out = env.run("client", vpn_argv(env, "client", "up", str(self._client_config(env, psk))), timeout=60)
+        return [server, adopt_daemon(env, out, "vpn-client")]
 
     def _serving(self, env: RowEnv) -> bool:
         try:
-            out = env.run("server", self._argv(env, "server", "status", NAMES["server"], "--json"), timeout=10)
+            out = env.run("server", vpn_argv(env, "server", "status", NAMES["server"], "--json"), timeout=10)
         except RowError:
             return False
         return '"state": "up"' in out
 
     def down(self, env: RowEnv) -> None:
         with contextlib.suppress(RowError):  # the harness ends what is left by PID
-            env.run("client", self._argv(env, "client", "down", NAMES["client"]), timeout=20)
+            env.run("client", vpn_argv(env, "client", "down", NAMES["client"]), timeout=20)
 
 
 class VpnIkeTcp(_VpnIke):

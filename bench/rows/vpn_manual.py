@@ -11,12 +11,11 @@ VPN_RUN_DIR, so nothing lands in the machine's /run/vpn.
 from __future__ import annotations
 
 import contextlib
-import re
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 from bench.rows.base import Row, RowEnv, RowError, Side
+from bench.rows.vpn_cli import adopt_daemon, vpn_argv
 
 PORT = 4500
 MTU = 1400
@@ -28,9 +27,7 @@ class _VpnManual(Row):
     needs = {"env": "coreutils"}
 
     def _vpn(self, env: RowEnv, side: Side, *args: str, timeout: float = 30.0) -> str:
-        run_dir = env.workdir / f"run-{side}"
-        argv = ["env", f"VPN_RUN_DIR={run_dir}", sys.executable, "-m", "vpn.cli", *args]
-        return env.run(side, argv, timeout=timeout)
+        return env.run(side, vpn_argv(env, side, *args), timeout=timeout)
 
     def _config(self, env: RowEnv, side: Side, keys: Path) -> Path:
         inner, pair = env.inner, env.pair
@@ -57,10 +54,7 @@ class _VpnManual(Row):
         sides: tuple[Side, Side] = ("server", "client")
         for side in sides:
             out = self._vpn(env, side, "up", str(self._config(env, side, keys)), "--new-key", timeout=60)
-            m = re.search(r"daemon pid (\d+), log (\S+)\)", out)
-            if m is None:
-                raise RowError(f"vpn up ({side}) did not report its daemon: {out.strip()}")
-            pids.append(env.adopt(int(m.group(1)), f"vpn-{side}", log=Path(m.group(2))))
+            pids.append(adopt_daemon(env, out, f"vpn-{side}"))
         return pids
 
     def down(self, env: RowEnv) -> None:

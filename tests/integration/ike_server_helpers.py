@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .manual import VPN, TransferRun, VpnSide, pid_alive
-from .netns import Lab, Netns, Topology, build_topology
+from .netns import Lab, Netns, Topology, build_topology, wait_until
+from .test_manual_lifecycle import snapshot
 from .test_tls_transport import make_cert
 
 SERVER_NAME = "iks"
@@ -321,32 +322,12 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
 
 
 def ns_state(ns: Netns) -> dict[str, str]:
-    """What `vpn serve` may change in a namespace, as text."""
-    views = {
-        "links": ["ip", "-br", "link"],
-        "addr": ["ip", "-br", "addr"],
-        "route4": ["ip", "-4", "route", "show", "table", "all"],
-        "route6": ["ip", "-6", "route", "show", "table", "all"],
-        "rule4": ["ip", "-4", "rule"],
-        "rule6": ["ip", "-6", "rule"],
-        "nft": ["nft", "list", "ruleset"],
-    }
-    state = {k: ns.run(argv).stdout.decode() for k, argv in views.items()}
+    """What `vpn serve` may change in a namespace, as text: what `vpn up` may change,
+    and the forwarding sysctls."""
+    state = snapshot(ns)
     for key in SYSCTLS:
         state[key] = ns.run(["cat", f"/proc/sys/{key}"]).stdout.decode().strip()
     return state
-
-
-def wait_until(pred: Any, what: str, timeout: float = 20.0, interval: float = 0.1) -> Any:
-    """Poll `pred()` until it returns something true; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 __all__ = ["POOL4", "SERVER_INNER", "IkeLab", "IkeTopology", "ServerProc", "TimedTransfer",

@@ -24,10 +24,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PREFIX = "vpnt"
 NETNS_DIR = Path("/run/netns")
@@ -70,6 +71,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def wait_until(pred: Callable[[], Any], what: str, timeout: float = 20.0, interval: float = 0.1, *,
+               error: type[Exception] = AssertionError) -> Any:
+    """Poll `pred()` until it returns something true (returned); after `timeout`
+    raise `error` naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def sweep_stale() -> list[str]:

@@ -25,13 +25,12 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .netns import Netns
+from .netns import Netns, wait_until
 
 CHARON = Path("/usr/lib/ipsec/charon")
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
@@ -104,14 +103,7 @@ def missing() -> str | None:
 
 def wait_for(pred: Callable[[], Any], what: str, timeout: float = WAIT_S, step: float = 0.1) -> Any:
     """Poll `pred` until it returns something truthy (returned); TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
+    return wait_until(pred, what, timeout, step, error=TimeoutError)
 
 
 # --------------------------------------------------------------------------- vici output
